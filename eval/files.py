@@ -1,0 +1,99 @@
+"""Reading references and outputs the way the official E2E scorer (measure_scores.py) reads them.
+
+References: the challenge CSV (`mr,ref`; consecutive rows with the same MR are one MR's references), or
+text with one reference a line and a blank line after each MR's group. Outputs: one line per MR. Lines are
+stripped; an empty output line is an empty output. Also the one error type of eval/.
+"""
+import csv
+import re
+from pathlib import Path
+
+# measure_scores.py's header patterns (re.match, any case) for the MR and the reference column.
+HEADER_SRC = r"(mr|src|source|meaning(?:[_ .-]rep(?:resentation)?)?|da|dial(?:ogue)?[_ .-]act)s?"
+HEADER_REF = r"(trg|tgt|target|ref(?:erence)?|human(?:[_ .-](?:ref(?:erence)?))?)s?"
+# measure_scores.py repairs these mis-encodings in CSV files before parsing.
+CSV_FIXES = (("Ł", "£"), ("Â£", "£"), ("Ã©", "é"), ("ã©", "é"))
+
+
+class EvalError(Exception):
+    """Input eval/ cannot score; the message names the file, the line and the fix."""
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """UTF-8 lines, stripped; split like Python's codecs reader (str.splitlines), as the official script is."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise EvalError(f"{path}: cannot read it ({e.strerror}). Check the path.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise EvalError(f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}). "
+                        f"Re-save the file as UTF-8.") from None
+    return [line.strip() for line in text.splitlines()]
+
+
+def read_refs(path: str | Path) -> list[list[str]]:
+    """References per MR, from the challenge CSV (.csv/.tsv) or a blank-line-separated text file."""
+    if re.search(r"\.[ct]sv$", str(path), re.I):
+        return read_csv_refs(path)
+    groups: list[list[str]] = [[]]
+    double_blank = 0  # a second blank line in a row, an error unless only blank lines follow
+    for number, line in enumerate(read_lines(path), start=1):
+        if line and double_blank:
+            raise EvalError(f"{path}, line {double_blank}: a second blank line in a row, so an MR without "
+                            f"references. Put exactly one blank line after each MR's group of references.")
+        if line:
+            groups[-1].append(line)
+        elif groups[-1]:
+            groups.append([])
+        elif len(groups) > 1:
+            double_blank = double_blank or number
+    groups = [g for g in groups if g]
+    if not groups:
+        raise EvalError(f"{path}: no references. Write one reference a line, a blank line after each MR's group.")
+    if len(groups) == 1:  # no blank lines: a single-reference file, one MR a line (as measure_scores.py reads it)
+        groups = [[line] for line in groups[0]]
+    return groups
+
+
+def read_csv_refs(path: str | Path) -> list[list[str]]:
+    """The challenge CSV (or TSV): the `mr` and `ref` columns by header, references grouped per MR."""
+    lines = read_lines(path)
+    if lines:
+        lines[0] = lines[0].replace("\ufeff", "")
+    for bad, good in CSV_FIXES:
+        lines = [line.replace(bad, good) for line in lines]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise EvalError(f"{path}: empty. Expected a header `mr,ref` and one row per reference.")
+    rows = list(csv.reader(lines, delimiter="\t" if "\t" in lines[0] else ","))
+    header = rows[0]
+    src_cols = [i for i, name in enumerate(header) if re.match(HEADER_SRC, name, re.I)]
+    ref_cols = [i for i, name in enumerate(header) if re.match(HEADER_REF, name, re.I)]
+    if len(src_cols) != 1 or len(ref_cols) != 1:
+        raise EvalError(f"{path}: the header {header} needs exactly one MR column (e.g. `mr`) and one reference "
+                        f"column (e.g. `ref`); found MR columns {src_cols} and reference columns {ref_cols}. "
+                        f"Use the challenge's header `mr,ref`.")
+    bad = [number for number, row in enumerate(rows[1:], start=1) if len(row) != len(header)]
+    if bad:
+        raise EvalError(f"{path}: rows {bad[:10]} (not counting blank lines) have a number of fields other than "
+                        f"the header's {len(header)}. Quote fields that contain the delimiter.")
+    groups: list[list[str]] = []
+    previous = None
+    for row in rows[1:]:
+        mr, ref = row[src_cols[0]], row[ref_cols[0]]
+        if mr != previous:
+            groups.append([])
+            previous = mr
+        groups[-1].append(ref)
+    return groups
+
+
+def read_outputs(path: str | Path) -> list[str]:
+    """System outputs, one line per MR."""
+    outputs = read_lines(path)
+    if not outputs:
+        raise EvalError(f"{path}: empty. Write one output a line, one line per MR, in the references' order.")
+    return outputs
