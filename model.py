@@ -220,7 +220,7 @@ class CheckpointError(Exception):
 
 
 # Hugging Face's GPT-2 uses Conv1D, which stores each weight as (in, out): the transpose of nn.Linear's
-# (out, in). We transpose these four once, at load time, so the model itself is plain nn.Linear.
+# (out, in). We transpose these four at load time, as zero-copy views, so the model is plain nn.Linear.
 CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
 BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers of old checkpoints
 HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt"]
@@ -286,8 +286,8 @@ def read_state_dict(folder: Path, dtype: torch.dtype | None = None) -> dict[str,
                     name = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
                     if BUFFERS.search(name):
                         continue
-                    t = f.get_tensor(key)
-                    t = t.t().contiguous() if CONV1D.search(name) else t
+                    t = f.get_tensor(key)  # memory-mapped: pages are read when first used
+                    t = t.t() if CONV1D.search(name) else t  # a view: nn.Linear's matmul takes it as is
                     sd[name] = t.to(dtype) if dtype is not None else t
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e}). Truncated download?") from None
