@@ -1,0 +1,299 @@
+"""Beam search over a frozen GPT-2 with a prefix (Li & Liang 2021, §5.3: E2E is decoded with beam size 5).
+
+Many prompts × K beams run in one forward per step. Each prompt is read once; its KV cache is fanned out to
+K beams at the first step, grows one token a step and is reordered by indexing rows (`beam_idx`), never
+recomputed. A prefix is a past that every row and beam attends to. The rules are transformers'
+`generate(num_beams=K)`: 2K candidates a step, K finished hypotheses scored
+sum(log p) / generated_length ** length_penalty, and its stopping rule for early_stopping False, True, "never".
+    python beam.py --ckpt out/ --data-dir ../shared/data/e2e --split test --out out/test.jsonl
+    python beam.py --ckpt gpt2 --prompts prompts.txt --max-new-tokens 40 --out gen.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+import data
+import prefix
+from model import GPT, CheckpointError, PastKV, atomic_write, load_tokenizer, resolve
+
+E2E_BANNED = (198, 628)  # "\n" and "\n\n": an E2E output is one line (RECIPE.md §4)
+# transformers' clean_up_tokenization_spaces, applied in this order: the authors decode with it (RECIPE.md §4).
+CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+           (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+@dataclass
+class BeamConfig:
+    beams: int = 5                       # K; 1 is greedy
+    max_new_tokens: int = 100
+    min_new_tokens: int = 0              # EOS is banned until this many new tokens
+    length_penalty: float = 1.0          # exponent on the generated length, EOS included
+    early_stopping: bool | str = False   # False: transformers' heuristic; True: stop at K finished; "never"
+    no_repeat_ngram_size: int = 0        # 0 = off; an n-gram of prompt + output may not occur twice
+    banned: tuple[int, ...] = ()
+    eos: int = 50256
+
+
+class Hyp(NamedTuple):
+    tokens: list[int]  # generated ids, without the final EOS
+    score: float       # sum of log-probs / len(generated, EOS included) ** length_penalty
+
+
+class BeamError(Exception):
+    """Input beam.py cannot decode; the message names the prompt or file and the fix."""
+
+
+# --- the search -----------------------------------------------------------------------------------------
+
+def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged prompts -> idx (B, T) left-padded with -1 (it matches no n-gram) and attention_mask (B, T).
+    Left padding puts every row's next token in the last column; model.py derives positions from the mask."""
+    T = max(len(p) for p in prompts)
+    idx = torch.tensor([[-1] * (T - len(p)) + p for p in prompts])  # (B, T)
+    return idx, (idx >= 0).long()
+
+
+def block(logp: torch.Tensor, hist: torch.Tensor, t: int, cfg: BeamConfig) -> torch.Tensor:
+    """Set forbidden next tokens of logp (N, V) to -inf, after log_softmax as transformers' processors do.
+    hist (N, L): prompt + the t tokens generated so far, -1 on padding."""
+    logp[:, list(cfg.banned)] = float("-inf")
+    if t < cfg.min_new_tokens:
+        logp[:, cfg.eos] = float("-inf")
+    n = cfg.no_repeat_ngram_size
+    if n and hist.size(1) >= n:
+        windows = hist.unfold(1, n, 1)                                        # (N, L-n+1, n)
+        seen = (windows[..., :-1] == hist[:, None, hist.size(1) - n + 1:]).all(-1)  # (N, L-n+1) starts as our tail
+        V = logp.size(1)
+        ban = torch.zeros(logp.size(0), V + 1, dtype=torch.bool, device=logp.device)  # column V: no ban
+        ban.scatter_(1, torch.where(seen, windows[..., -1], V), True)
+        logp = logp.masked_fill(ban[:, :V], float("-inf"))
+    return logp
+
+
+def beam_step(logp: torch.Tensor, beam_scores: torch.Tensor, K: int) -> tuple[torch.Tensor, ...]:
+    """logp (B, k, V) of each live beam's next token, beam_scores (B, k) -> the 2K best continuations per row:
+    scores (B, 2K) best first, source beam (B, 2K), token (B, 2K). 2K, as transformers keeps: even if K of
+    them end in EOS, K remain to continue."""
+    B, k, V = logp.shape
+    scores, flat = (beam_scores[:, :, None] + logp).view(B, k * V).topk(2 * K)
+    return scores, flat // V, flat % V
+
+
+def keep_best(pool: list[Hyp], new: list[Hyp], K: int) -> list[Hyp]:
+    """The K best finished hypotheses of a prompt, best first (ties: the earlier one)."""
+    return sorted(pool + new, key=lambda h: -h.score)[:K]
+
+
+def is_done(pool: list[Hyp], bound: float, cfg: BeamConfig) -> bool:
+    """transformers' stopping rule for one prompt: never before K hypotheses have finished; then at once
+    (early_stopping=True), or once the best live beam, scored as if it ended now (False) or at
+    max_new_tokens ("never", length_penalty > 0), cannot beat the worst finished one."""
+    if len(pool) < cfg.beams:
+        return False
+    return cfg.early_stopping is True or bound <= pool[-1].score
+
+
+def check_lengths(prompts: list[list[int]], P: int, cfg: BeamConfig, n_positions: int) -> None:
+    for i, p in enumerate(prompts, 1):
+        if not p:
+            raise BeamError(f"prompt {i} is empty. Give every prompt at least one token.")
+        if P + len(p) + cfg.max_new_tokens - 1 > n_positions:
+            raise BeamError(f"prompt {i}: {len(p)} tokens + prefix {P} + max_new_tokens {cfg.max_new_tokens} does "
+                            f"not fit the context of {n_positions} positions. Shorten it or lower --max-new-tokens.")
+
+
+@torch.no_grad()
+def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
+                past_mask: torch.Tensor | None = None) -> list[Hyp]:
+    """The best hypothesis per prompt. past_kv: per layer (1 or B, H, P, D), the prefix; past_mask (1 or B, P):
+    its real slots (prefix.stack left-pads per-row prefixes), all real if None."""
+    dev, B, K = model.lm_head.weight.device, len(prompts), cfg.beams
+    P = 0 if past_kv is None else past_kv[0][0].size(2)
+    check_lengths(prompts, P, cfg, model.config.n_positions)
+    hist, mask = (t.to(dev) for t in left_pad(prompts))                      # (B, T)
+    T = hist.size(1)
+    if past_kv is not None:  # the prefix is real keys before every prompt: extend the mask by P
+        past_mask = torch.ones(1, P, dtype=torch.long) if past_mask is None else past_mask.long()
+        mask = torch.cat([past_mask.to(dev).expand(B, P), mask], 1)          # (B, P+T)
+    out = model(hist.clamp(min=0), past_kv=past_kv, attention_mask=mask, use_cache=True, last_only=True)
+    cache, logits = out.present_kv, out.logits[:, -1]                        # (B, H, S, D), (B, V)
+    beam_scores = torch.zeros(B, 1, device=dev)   # (B, k): one beam per prompt until the first step fans out
+    rows = list(range(B))                         # the prompt of each live row
+    pools: list[list[Hyp]] = [[] for _ in range(B)]
+    for t in range(cfg.max_new_tokens):
+        b, k = beam_scores.shape
+        logp = block(F.log_softmax(logits.float(), -1), hist, t, cfg)         # (b·k, V)
+        scores, src, tok = beam_step(logp.view(b, k, -1), beam_scores, K)    # (b, 2K) each
+        last = t + 1 == cfg.max_new_tokens
+        ends = (tok == cfg.eos) | last                                       # (b, 2K)
+        # Only the top K candidates may finish (the other K are spares to go on with); a finished
+        # hypothesis is scored on its generated length, EOS included.
+        final = (scores / (t + 1) ** cfg.length_penalty).tolist()
+        for i, j in ends[:, :K].nonzero().tolist():
+            s, e = src[i, j].item(), tok[i, j].item()
+            gen = hist[i * k + s, T:].tolist() + ([] if e == cfg.eos else [e])
+            pools[rows[i]] = keep_best(pools[rows[i]], [Hyp(gen, final[i][j])], K)
+        keep = (scores - 1e9 * ends.float()).topk(K).indices                 # (b, K) the best K going on
+        beam_scores, src, tok = scores.gather(1, keep), src.gather(1, keep), tok.gather(1, keep)
+        es, lp = cfg.early_stopping, cfg.length_penalty
+        length = cfg.max_new_tokens if es == "never" and lp > 0 else t + 1
+        bound = (beam_scores[:, 0] / length ** lp).tolist()
+        live = [not last and not is_done(pools[r], bound[i], cfg) for i, r in enumerate(rows)]
+        if not any(live):
+            break
+        # Finished prompts leave the batch; their pools can no longer change (transformers freezes them).
+        alive = torch.tensor(live, device=dev)
+        beam_idx = (torch.arange(b, device=dev)[:, None] * k + src)[alive].flatten()  # (b'·K,) cache rows
+        rows = [r for r, keep_row in zip(rows, live) if keep_row]
+        beam_scores, tok = beam_scores[alive], tok[alive].view(-1, 1)         # (b', K), (b'·K, 1)
+        hist = torch.cat([hist[beam_idx], tok], 1)                            # (b'·K, T+t+1)
+        mask = torch.cat([mask[beam_idx], torch.ones_like(tok)], 1)           # (b'·K, S+1)
+        cache = [(pk[beam_idx], pv[beam_idx]) for pk, pv in cache]            # (b'·K, H, S, D)
+        out = model(tok, past_kv=cache, attention_mask=mask, use_cache=True, last_only=True)
+        cache, logits = out.present_kv, out.logits[:, -1]
+    return [pool[0] for pool in pools]
+
+
+def e2e_text(tok: tiktoken.Encoding, tokens: list[int]) -> str:
+    """RECIPE.md §4: decode, clean up tokenization spaces, cut at the first EOS, strip; empty -> "Error"."""
+    text = tok.decode(tokens)
+    for before, after in CLEANUP:
+        text = text.replace(before, after)
+    return text.split(data.EOS)[0].strip() or "Error"
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def parse_prefix(spec: str) -> tuple[str, float]:
+    """"FILE[:WEIGHT]" -> (FILE, WEIGHT), weight 1 when absent."""
+    path, _, weight = spec.rpartition(":")
+    try:
+        return (path, float(weight)) if path else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0
+
+
+def load_decoder(ckpt: str, prefixes: list[str], dtype: torch.dtype, device: str,
+                 allow_other_base: bool = False) -> tuple[GPT, PastKV | None, tiktoken.Encoding]:
+    """--ckpt is a Hugging Face GPT-2 (folder or hub name) or a train.py out dir, whose args.json names the
+    tuner: "prefix" decodes its base (init_from) with its prefix.safetensors, "fine" its own weights."""
+    base, own = ckpt, []
+    run = Path(ckpt) / "args.json"
+    if run.is_file():
+        try:
+            args = json.loads(run.read_text())
+            if args["tuner"] == "prefix":
+                base, own = args["init_from"], [str(Path(ckpt) / prefix.PREFIX_FILE)]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{run}: unreadable or without 'tuner'/'init_from' ({e!r}). Was it written "
+                                  f"by train.py?") from None
+    folder = resolve(base)
+    model = GPT.from_pretrained(folder, dtype).to(device)
+    weighted = [(prefix.load(path, model, allow_other_base), w) for path, w in map(parse_prefix, prefixes or own)]
+    past = prefix.mix(weighted) if len(weighted) > 1 or (weighted and weighted[0][1] != 1.0) else \
+        (weighted[0][0] if weighted else None)
+    return model, past, load_tokenizer(folder)
+
+
+def read_prompts(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BeamError(f"{path}: cannot read it ({e}). Give a UTF-8 text file, one prompt a line.") from None
+    if not lines:
+        raise BeamError(f"{path}: empty. Write one prompt a line.")
+    for number, line in enumerate(lines, 1):
+        if not line:
+            raise BeamError(f"{path}, line {number}: an empty prompt. Remove the blank line.")
+    return lines
+
+
+def show_progress(done: int, total: int, start: float) -> None:
+    elapsed = time.time() - start
+    eta = elapsed / done * (total - done) if done else 0.0
+    print(f"\r[{'#' * (30 * done // total):<30}] {done}/{total} prompts  {elapsed:.0f}s elapsed, ETA {eta:.0f}s",
+          end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="Hugging Face GPT-2 (folder or hub name) or a train.py out dir")
+    p.add_argument("--prefix", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="prefix file or folder (default: the run's own); several are mixed, weights summing to 1")
+    p.add_argument("--allow-other-base", action="store_true", help="load a prefix trained on other base weights")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="UTF-8 text file, one prompt a line, encoded as is")
+    src.add_argument("--data-dir", help="E2E folder: prompts are its unique MRs, the recipe's encoding and defaults")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="with --data-dir")
+    p.add_argument("--out", required=True, help="JSONL, one object per prompt; with --data-dir also OUT.txt (one "
+                                                "line per MR, for python -m eval) and OUT.refs.txt")
+    p.add_argument("--beams", type=int, default=BeamConfig.beams, help="K; 1 is greedy")
+    p.add_argument("--max-new-tokens", type=int, default=BeamConfig.max_new_tokens)
+    p.add_argument("--min-new-tokens", type=int, default=BeamConfig.min_new_tokens)
+    p.add_argument("--length-penalty", type=float, default=BeamConfig.length_penalty)
+    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=BeamConfig.no_repeat_ngram_size, help="0 = off")
+    p.add_argument("--ban", type=int, nargs="*", help="token ids never generated [default: 198 628 with "
+                                                      "--data-dir (RECIPE.md §4), none with --prompts]")
+    p.add_argument("--batch-size", type=int, default=10, help="prompts per forward, each with K beams")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--limit", type=int, help="only the first N prompts (MRs), for smoke runs")
+    args = p.parse_args(argv)
+    try:
+        decode(args)
+    except (CheckpointError, prefix.PrefixError, data.DataError, BeamError) as e:
+        sys.exit(f"beam.py: error: {e}")
+
+
+def decode(args: argparse.Namespace) -> None:
+    e2e = args.data_dir is not None
+    model, past, tok = load_decoder(args.ckpt, args.prefix, getattr(torch, args.dtype), args.device,
+                                    args.allow_other_base)
+    if e2e:
+        groups = data.group_refs(data.read_pairs(args.data_dir, args.split))[:args.limit]
+        sources = [source for source, _ in groups]
+        prompts = [data.prompt_ids(tok, source) for source in sources]
+    else:
+        sources = read_prompts(args.prompts)[:args.limit]
+        prompts = [tok.encode(line, allowed_special="all") for line in sources]
+    es = {"false": False, "true": True, "never": "never"}[args.early_stopping]
+    cfg = BeamConfig(args.beams, args.max_new_tokens, args.min_new_tokens, args.length_penalty, es,
+                     args.no_repeat_ngram_size, tuple(args.ban if args.ban is not None else E2E_BANNED if e2e else ()))
+    P = 0 if past is None else past[0][0].size(2)
+    check_lengths(prompts, P, cfg, model.config.n_positions)  # fail before hours of decoding, not after
+    # Similar lengths share a batch (less padding); a prompt decodes the same in any batch, so order is free.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    hyps: list[Hyp | None] = [None] * len(prompts)
+    start = time.time()
+    for first in range(0, len(order), args.batch_size):
+        batch = order[first:first + args.batch_size]
+        for i, hyp in zip(batch, beam_search(model, [prompts[i] for i in batch], cfg, past)):
+            hyps[i] = hyp
+        show_progress(first + len(batch), len(order), start)
+    texts = [e2e_text(tok, h.tokens) if e2e else tok.decode(h.tokens) for h in hyps]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_lines(out, [json.dumps({"prompt": s, "text": x, "tokens": h.tokens, "score": h.score}, ensure_ascii=False)
+                      for s, x, h in zip(sources, texts, hyps)])
+    if e2e:
+        write_lines(out.with_suffix(".txt"), texts)
+        write_lines(out.with_suffix(".refs.txt"), [line for _, refs in groups for line in [*refs, ""]])
+
+
+if __name__ == "__main__":
+    main()
