@@ -1,0 +1,394 @@
+"""Prefix-tuning GPT-2 on E2E, and the fine-tuning baseline (Li & Liang 2021, §4 "Prefix-Tuning", §5 "Experimental Setup").
+
+Prefix-tuning freezes GPT-2 and trains only the prefix (prefix.py); fine-tuning trains every weight. Defaults are the
+paper's E2E recipe (RECIPE.md §3): gpt2-medium, 5 epochs, batch 10, lr 8e-5 (prefix) or 5e-5 (fine), linear decay
+without warmup, clip 1.0, AdamW without weight decay, seed 101, P=5, M=512. The output folder is what beam.py decodes.
+    python train.py --tuner prefix --data-dir data/e2e --out-dir out/prefix
+    torchrun --nproc-per-node 2 train.py --tuner prefix ...          # DDP: each process trains on its shard
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import tiktoken.load
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import prefix as pfx
+from data import DataError, collate, epoch_batches, example_ids, read_pairs, subset
+from model import IGNORE, GPT, CheckpointError, GPTConfig, atomic_write, load_tokenizer, resolve, save_pretrained
+
+LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
+RANDOM = {"tiny": dict(n_layer=2, n_head=4, n_embd=32), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+          "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
+GPT2_FILES = {"vocab.json": ("encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+              "merges.txt": ("vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")}
+SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops")  # may change on resume
+
+
+def arg(default, help: str, **kw) -> field:
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class TrainConfig:
+    tuner: str = arg("prefix", "prefix: train P virtual tokens, GPT-2 frozen; fine: train every weight",
+                     choices=("prefix", "fine"))
+    init_from: str = arg("gpt2-medium", "base model: folder, hub name, or random:tiny|gpt2|gpt2-medium (offline)")
+    data_dir: str = arg("data/e2e", "folder with src1_*.txt, the E2E CSVs or {split}.jsonl, or one data file")
+    train_split: str = arg("train", "split name (train, dev, test) or file name in --data-dir")
+    valid_split: str = arg("dev", "split for the validation loss; '' for none")
+    valid_limit: int = arg(0, "validate on the first N pairs only (0: all)")
+    train_limit: int = arg(0, "low-data setting: train on N pairs drawn with --subset-seed (0: all)")
+    subset_seed: int = arg(0, "which low-data subset")
+    out_dir: str = arg("out", "where args.json, log.jsonl, the trained weights and resume/ go")
+    epochs: int = arg(5, "passes over the training set (unless --max-steps)")
+    max_steps: int = arg(0, "optimizer steps; 0: --epochs worth")
+    batch_size: int = arg(10, "sequences per step and process (× --grad-accum × processes per update)")
+    grad_accum: int = arg(1, "micro-batches summed per optimizer step")
+    lr: float | None = arg(None, f"peak learning rate; default {LR['prefix']} prefix, {LR['fine']} fine", type=float)
+    warmup_steps: int = arg(0, "linear warmup steps before the linear decay to 0")
+    weight_decay: float = arg(0.0, "AdamW decoupled weight decay, on matrices only")
+    grad_clip: float = arg(1.0, "max gradient norm (0: off)")
+    seed: int = arg(101, "seed of data order, prefix init and random: bases")
+    prefix_len: int = arg(5, "P, virtual tokens per layer")
+    prefix_mid: int = arg(512, "M, hidden width of the prefix MLP (§4.3)")
+    prefix_param: str = arg("mlp", "mlp (the paper's reparameterization) or direct", choices=pfx.PARAMETERIZATIONS)
+    prefix_init: str = arg("", "init the prefix from this text's activations (§7.4; P = its tokens); '': random")
+    bucket: bool = arg(False, "batch similar lengths together (less padding)")
+    dtype: str = arg("float32", "float32 (the paper) or bfloat16 autocast", choices=("float32", "bfloat16"))
+    compile: bool = arg(False, "torch.compile the model")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N")
+    eval_every: int = arg(5000, "validation loss every N steps (and at the end); 0: only at the end")
+    log_every: int = arg(10, "progress line and log.jsonl row every N steps")
+    save_every: int = arg(1000, "resume checkpoint every N steps")
+    peak_tflops: float = arg(312.0, "peak TFLOP/s that MFU is measured against (312: A100 bf16)")
+    resume: bool = arg(False, "continue from out-dir/resume/ with the same arguments")
+
+
+class TrainError(Exception):
+    """Training cannot start or go on; the message says why and what to do."""
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(TrainConfig):
+        kw = dict(f.metadata)
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.setdefault("type", type(f.default))
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    for name in ("epochs", "batch_size", "grad_accum", "log_every", "save_every", "prefix_len", "prefix_mid"):
+        if getattr(cfg, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')}={getattr(cfg, name)}: must be at least 1.")
+    if cfg.tuner == "fine" and cfg.prefix_init:
+        raise TrainError("--prefix-init only applies to --tuner prefix; fine-tuning starts from the base weights.")
+    return replace(cfg, lr=cfg.lr if cfg.lr is not None else LR[cfg.tuner])
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then linear decay to 0 at cfg.max_steps (HF's linear schedule, as the paper)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps))
+
+
+def flops_per_token(c: GPTConfig, T: int, tuner: str) -> float:
+    """Matmul FLOPs per trained token: forward 2N + attention 4·L·C·T; backward twice the forward when the
+    weights learn (fine), once when only activations need gradients (prefix: GPT-2 is frozen)."""
+    N = c.n_layer * 12 * c.n_embd ** 2 + c.vocab_size * c.n_embd  # blocks + the tied output head
+    return (3 if tuner == "fine" else 2) * 2 * N + 3 * 4 * c.n_layer * c.n_embd * T
+
+
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over targets != IGNORE; logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def objective(nll: torch.Tensor, n_tok: torch.Tensor, n_seq: int | torch.Tensor, tuner: str) -> torch.Tensor:
+    # RECIPE.md §3 (§6.4): prefix-tuning sums each sequence's NLL and averages over the batch (objective_mode 1,
+    # the paper's eq. 2 as a sum); fine-tuning averages over target tokens. Under clip 1.0 they differ.
+    return nll / n_seq if tuner == "prefix" else nll / n_tok
+
+
+# --- base model, tokenizer files, resume state --------------------------------------------------------------
+
+def load_base(cfg: TrainConfig, out: Path, rank: int) -> tuple[GPT, Path]:
+    """The base GPT-2 and the folder beam.py should load it from. random:X builds one from the seed (every rank
+    builds the same) and rank 0 saves it under out/base in Hugging Face's layout."""
+    if not cfg.init_from.startswith("random:"):
+        folder = resolve(cfg.init_from)
+        return GPT.from_pretrained(folder), folder
+    shape = RANDOM.get(cfg.init_from.removeprefix("random:"))
+    if shape is None:
+        raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in RANDOM]}.")
+    torch.manual_seed(cfg.seed)
+    model, folder = GPT(GPTConfig(**shape)).eval(), out / "base"
+    if rank == 0:
+        save_pretrained(model, folder)
+        write_tokenizer_files(None, folder)
+    return model, folder
+
+
+def write_tokenizer_files(src: Path | None, dst: Path) -> bool:
+    """vocab.json + merges.txt beside a model: copied from the base, else tiktoken's cached GPT-2 files (the same
+    bytes under other names). False when neither exists; the model then loads with tiktoken's gpt2."""
+    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    try:
+        for name, (remote, sha) in GPT2_FILES.items():
+            have = src is not None and (src / name).is_file()
+            data = (src / name).read_bytes() if have else tiktoken.load.read_file_cached(url + remote, sha)
+            atomic_write(dst / name, lambda tmp: tmp.write_bytes(data))
+    except Exception:  # offline without the cache: an absent tokenizer is recorded in args.json, not fatal
+        return False
+    return True
+
+
+def save_state(out: Path, step: int, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+               cfg: TrainConfig) -> None:
+    """Everything --resume needs, safetensors + JSON: trainable weights, AdamW moments, RNG, step and config.
+    state.json is written last and names the tensors file, so a crash mid-save leaves the previous one valid."""
+    folder = out / "resume"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(params)
+    tensors = {f"param/{n}": p.detach() for n, p in params.items()}
+    tensors |= {f"opt/{names[i]}/{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
+    tensors["rng/cpu"] = torch.get_rng_state()
+    file = f"step{step}.safetensors"
+    atomic_write(folder / file, lambda tmp: save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
+    state = dict(step=step, file=file, config=asdict(cfg))
+    atomic_write(folder / "state.json", lambda tmp: tmp.write_text(json.dumps(state, indent=2)))
+    for old in folder.glob("step*.safetensors"):
+        if old.name != file:
+            old.unlink()
+
+
+def load_state(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+    """Restore what save_state wrote; refuse a checkpoint of a run with other arguments. Returns the step."""
+    path = out / "resume" / "state.json"
+    if not path.is_file():
+        raise TrainError(f"--resume: {path} not found; no checkpoint to continue from. Drop --resume to start anew.")
+    state = json.loads(path.read_text())
+    now = asdict(cfg)
+    changed = [k for k, v in state["config"].items() if k not in SAME_RUN and now.get(k) != v]
+    if changed:
+        raise TrainError(f"--resume: {path} was written with other arguments: " + ", ".join(
+            f"--{k.replace('_', '-')} {state['config'][k]!r} (now {now.get(k)!r})" for k in changed))
+    tensors = load_file(str(path.parent / state["file"]))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param/{n}"])
+    sd = opt.state_dict()
+    sd["state"] = {i: {k.split("/")[-1]: v for k, v in tensors.items() if k.startswith(f"opt/{n}/")}
+                   for i, n in enumerate(params) if f"opt/{n}/step" in tensors}
+    opt.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng/cpu"])
+    return state["step"]
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    stop: list[str] = []  # Ctrl-C and SIGTERM end the current step, save, and exit cleanly
+    handlers = {s: signal.signal(s, lambda n, _: stop.append(signal.Signals(n).name))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train(cfg, rank, world, device, stop)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
+    say = print if rank == 0 else (lambda *a, **k: None)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, base = load_base(cfg, out, rank)
+    model.to(device)
+    tok = load_tokenizer(base)
+    pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
+    train_ex = [example_ids(tok, s, t) for s, t in pairs]
+    valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
+    valid_ex = [example_ids(tok, s, t) for s, t in valid][rank::world]
+
+    if cfg.tuner == "prefix":
+        prefix = (pfx.init_from_text(model, tok, cfg.prefix_init, cfg.prefix_param, cfg.prefix_mid, seed=cfg.seed)
+                  if cfg.prefix_init else pfx.Prefix(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid,
+                                                     seed=cfg.seed)).to(device)
+        pfx.freeze(model, prefix)
+        module, P = prefix, prefix.embedding.num_embeddings
+        counts = pfx.param_counts(prefix, model)
+        say(f"prefix P={P}: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of the model's "
+            f"{counts['model']:,}), stores {counts['stored']:,} ({counts['stored_frac']:.3%})")
+    else:
+        model.train()  # the recipe's fine-tune has dropout 0.1 on; our GPT-2 has no dropout, so this changes nothing
+        module, P = model, 0
+        say(f"fine-tuning all {sum(p.numel() for p in model.parameters()):,} parameters")
+    fits = model.config.n_positions - P  # the paper never truncates (block 1024); a short-context model drops
+    n_long = sum(len(i) > fits for i, _ in train_ex)
+    train_ex, valid_ex = [e for e in train_ex if len(e[0]) <= fits], [e for e in valid_ex if len(e[0]) <= fits]
+    if n_long:
+        say(f"note: left out {n_long} training pairs longer than n_positions - P = {fits} tokens")
+
+    lengths = [len(i) for i, _ in train_ex]
+    micro = (len(epoch_batches(lengths, cfg.batch_size, cfg.seed)) // world) // cfg.grad_accum * cfg.grad_accum
+    if micro == 0:
+        raise TrainError(f"{len(train_ex)} training pairs do not fill one step of --batch-size {cfg.batch_size} × "
+                         f"--grad-accum {cfg.grad_accum} × {world} processes.")
+    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * micro // cfg.grad_accum)
+    trained = {n: p for n, p in module.named_parameters() if p.requires_grad}  # only these reach AdamW
+    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
+    params = decay | {n: p for n, p in trained.items() if n not in decay}  # in the optimizer's order
+    groups = [{"params": list(decay.values()), "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in params.items() if n not in decay], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=device.type in ("cpu", "cuda"))
+    start = load_state(out, params, opt, cfg) if cfg.resume else 0
+    if rank == 0:
+        atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(
+            {**asdict(cfg), "base": str(base), "world_size": world}, indent=2)))
+    net = torch.compile(model) if cfg.compile else model
+    trainer = module if cfg.tuner == "prefix" else net
+    wrapped = DDP(trainer) if world > 1 else trainer  # DDP averages gradients over processes
+    autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+
+    def forward(idx: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return net(idx, past_kv=wrapped()).logits if cfg.tuner == "prefix" else wrapped(idx).logits
+
+    log_path, rows = out / "log.jsonl", []
+    if rank == 0:
+        rows = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["step"] <= start] \
+            if cfg.resume and log_path.is_file() else []
+        atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    say(f"{len(train_ex):,} training pairs, {cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, "
+        f"lr {cfg.lr:g}" + (f", resuming at step {start}" if start else ""))
+    t0 = t_log = time.time()
+    tokens, orders = 0, {}
+    for step in range(start, cfg.max_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
+        for a in range(cfg.grad_accum):
+            m = step * cfg.grad_accum + a
+            epoch, pos = divmod(m, micro)
+            if epoch not in orders:  # the order is a function of seed and epoch, so a resumed run sees the same
+                orders = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)}
+            idx, targets = collate([train_ex[i] for i in orders[epoch][pos * world + rank]], tok.eot_token)
+            idx, targets = idx.to(device), targets.to(device)  # (B, T)
+            with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext():
+                nll, n_tok = nll_sum(forward(idx), targets), (targets != IGNORE).sum()
+                (objective(nll, n_tok, idx.size(0), cfg.tuner) / cfg.grad_accum).backward()
+            stats += torch.stack([nll.detach(), n_tok.float(), torch.tensor(float(idx.size(0)), device=device)])
+            tokens += idx.numel()
+        if world > 1:
+            dist.all_reduce(stats)
+        loss = objective(stats[0], stats[1], stats[2], cfg.tuner).item()
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip or math.inf)
+        if not (math.isfinite(loss) and torch.isfinite(norm)):
+            raise TrainError(f"step {step + 1}: the loss is {loss}, the gradient norm {norm.item()}; stopped without saving. The last good checkpoint "
+                             f"is in {out / 'resume'} (every --save-every {cfg.save_every} steps); lower --lr or use "
+                             f"--dtype float32 and start again (--resume continues from it).")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        done = step + 1
+        if world > 1:
+            flag = torch.tensor(float(bool(stop)), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop += ["a signal on another process"] if flag.item() and not stop else []
+        row = None
+        if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
+            now = time.time()
+            tps = tokens * world / (now - t_log)
+            mfu = tps * flops_per_token(model.config, idx.size(1) + P, cfg.tuner) / (cfg.peak_tflops * 1e12)
+            eta = (now - t0) / (done - start) * (cfg.max_steps - done)
+            row = dict(step=done, loss=loss, tok_loss=(stats[0] / stats[1]).item(), lr=lr_at(step, cfg),
+                       tok_per_s=tps, elapsed_s=now - t0)
+            say(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | {tps:,.0f} tok/s | "
+                f"ETA {eta / 60:.1f} min | MFU {mfu:.2%}")
+            tokens, t_log = 0, now
+        if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+            row = (row or dict(step=done)) | dict(val_loss=evaluate(forward, valid_ex, cfg, tok.eot_token, device, world))
+            say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
+        if rank == 0 and row:
+            with log_path.open("a") as f:  # one whole line per write: a crash loses at most the last row
+                f.write(json.dumps(row) + "\n")
+        if rank == 0 and (done % cfg.save_every == 0 or done == cfg.max_steps or stop):
+            save_state(out, done, params, opt, cfg)
+        if stop:
+            say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
+            return
+    if rank == 0:
+        finish(cfg, out, model, base, module)
+
+
+@torch.no_grad()
+def evaluate(forward, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int) -> float:
+    """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
+    total = torch.zeros(2, device=device)
+    for i in range(0, len(examples), cfg.batch_size):
+        idx, targets = (t.to(device) for t in collate(examples[i:i + cfg.batch_size], pad_id))
+        total += torch.stack([nll_sum(forward(idx), targets), (targets != IGNORE).sum().float()])
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()
+
+
+def finish(cfg: TrainConfig, out: Path, model: GPT, base: Path, module: torch.nn.Module) -> None:
+    """The trained artefact: the compiled prefix, or a Hugging Face folder with its tokenizer; then the loss curve."""
+    if cfg.tuner == "prefix":
+        path = pfx.save(out / pfx.PREFIX_FILE, module.compile(), model, cfg.prefix_param)
+    else:
+        save_pretrained(model, out)
+        path = out / "model.safetensors"
+        if not write_tokenizer_files(base, out):
+            print(f"note: no vocab.json/merges.txt for {base}; {out} loads with tiktoken's gpt2 encoding")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
+        return
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in rows if "tok_loss" in r], [r["tok_loss"] for r in rows if "tok_loss" in r],
+            label="train")
+    ax.plot([r["step"] for r in rows if "val_loss" in r], [r["val_loss"] for r in rows if "val_loss" in r], "o-",
+            label="validation")
+    ax.set(xlabel="step", ylabel="NLL per target token", title=f"{cfg.tuner}-tuning {cfg.init_from}")
+    ax.legend()
+    atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (TrainError, DataError, CheckpointError, pfx.PrefixError) as e:
+        sys.exit(f"error: {e}")
