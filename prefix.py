@@ -1,21 +1,20 @@
-"""The prefix of prefix-tuning (Li & Liang 2021, §4 "Prefix-Tuning"): P trained keys/values per layer, a frozen GPT-2.
+"""The prefix of prefix-tuning (Li & Liang 2021, §4 "Prefix-Tuning"): P trained keys/values per layer, GPT-2 frozen.
 
-To the model a prefix is a past (model.py's `past_kv`). During training it comes out of a small MLP, the paper's
-reparameterization (§4.3), because optimizing the keys/values directly is unstable; after training the MLP is run
-once and thrown away, and only the P·2·L·C numbers it produced are stored (`prefix.safetensors`).
+To the model a prefix is a past (model.py's `past_kv`). While training it comes out of a small MLP, the paper's
+reparameterization (§4.3 "Parametrization of Pθ"), since training the keys/values directly is unstable. After
+training the MLP is run once and thrown away: only the P·2·L·C numbers it produced are stored.
 
-    prefix = Prefix(model.config)                     # P=5, M=512, parameterization "mlp": the E2E recipe
-    freeze(model, prefix)                             # only the prefix learns
+    prefix = Prefix(model.config)                    # P=5, M=512, "mlp": the E2E recipe (RECIPE.md §2)
+    freeze(model, prefix)                            # only the prefix learns
     loss = model(idx, past_kv=prefix(), targets=targets).loss
-    save("out/", prefix.compile(), model, prefix.parameterization)
-    past_kv = load("out/", model)                     # or a PEFT adapter folder; each (1, H, P, D)
+    save("out/", prefix.compile(), model, "mlp")     # out/prefix.safetensors, ~1 MB for gpt2-medium
+    past_kv = load("out/", model)                    # or a PEFT adapter folder; per layer (1, H, P, D)
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import tiktoken
@@ -33,36 +32,38 @@ PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 class PrefixError(Exception):
-    """A prefix could not be built, loaded, saved or combined; the message names what, expected vs actual, and the fix."""
+    """A prefix could not be built, loaded, saved or combined; the message says what, expected vs actual, the fix."""
+
+
+def check_parameterization(parameterization: str, source: str = "prefix") -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise PrefixError(f"{source}: parameterization={parameterization!r}, expected one of {PARAMETERIZATIONS}.")
 
 
 class Prefix(nn.Module):
-    """The trained part. Its modules are named as PEFT's PrefixEncoder (`embedding`, `transform`), so the weights
-    map 1:1; the flat output (P, 2·L·C) also has PEFT's layout, which is the authors' (see `unflatten`).
+    """The trained part, with PEFT's PrefixEncoder module names (`embedding`, `transform`) so weights map 1:1.
 
-    "mlp" (the paper's, §4.3): P′θ (P, C) -> Linear(C, M) -> Tanh -> Linear(M, 2·L·C).
-    "direct": the flat keys/values themselves, the unstable baseline the paper reparameterizes away.
-    Random init is PyTorch's default, as in the authors' code: nn.Embedding N(0, 1), nn.Linear Kaiming-uniform.
+    "mlp" (§4.3): P′θ (P, C) -> Linear(C, M) -> Tanh -> Linear(M, 2·L·C). "direct": Pθ (P, 2·L·C) itself, the
+    unstable baseline. Init is PyTorch's default, as in the authors' code: Embedding N(0, 1), Linear Kaiming-uniform.
     """
 
     def __init__(self, config: GPTConfig, prefix_len: int = 5, parameterization: str = "mlp", prefix_mid: int = 512,
                  dropout: float = 0.0, seed: int = 0):
         super().__init__()
-        if parameterization not in PARAMETERIZATIONS:
-            raise PrefixError(f"parameterization={parameterization!r}; expected one of {PARAMETERIZATIONS}.")
+        check_parameterization(parameterization)
         if prefix_len < 1 or prefix_mid < 1:
             raise PrefixError(f"prefix_len={prefix_len}, prefix_mid={prefix_mid}: both must be at least 1.")
         self.n_layer, self.n_head, self.parameterization = config.n_layer, config.n_head, parameterization
-        self.width = flat = 2 * config.n_layer * config.n_embd
-        with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the caller's RNG alone
+        self.width = 2 * config.n_layer * config.n_embd
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left as it was
             torch.manual_seed(seed)
             if parameterization == "mlp":
-                self.embedding = nn.Embedding(prefix_len, config.n_embd)                      # P′θ: (P, C)
+                self.embedding = nn.Embedding(prefix_len, config.n_embd)                     # P′θ (P, C)
                 self.transform = nn.Sequential(nn.Linear(config.n_embd, prefix_mid), nn.Tanh(),
-                                               nn.Linear(prefix_mid, flat))
+                                               nn.Linear(prefix_mid, self.width))
             else:
-                self.embedding = nn.Embedding(prefix_len, flat)                               # Pθ: (P, 2·L·C)
-        self.dropout = nn.Dropout(dropout)
+                self.embedding = nn.Embedding(prefix_len, self.width)                        # Pθ (P, 2·L·C)
+        self.dropout = nn.Dropout(dropout)  # the authors drop on the reshaped KV; elementwise, so flat is the same
 
     def flat(self) -> torch.Tensor:
         """(P, 2·L·C): every layer's keys and values for the P virtual tokens."""
@@ -70,18 +71,17 @@ class Prefix(nn.Module):
         return self.transform(x) if self.parameterization == "mlp" else x
 
     def forward(self) -> PastKV:
-        # The authors apply dropout to the reshaped keys/values; elementwise, so the flat tensor is the same thing.
         return unflatten(self.dropout(self.flat()), self.n_layer, self.n_head)
 
     @torch.no_grad()
     def compile(self) -> PastKV:
-        """Run the MLP once (§4.3: after training only Pθ is kept); each (1, H, P, D), detached."""
-        return [(k.detach().clone(), v.detach().clone()) for k, v in unflatten(self.flat(), self.n_layer, self.n_head)]
+        """Pθ, once, detached (§4.3: after training the MLP is dropped). Shadows nn.Module.compile (torch.compile)."""
+        return [(k.clone(), v.clone()) for k, v in unflatten(self.flat(), self.n_layer, self.n_head)]
 
 
 def unflatten(flat: torch.Tensor, n_layer: int, n_head: int) -> PastKV:
-    """(P, 2·L·C) -> per layer (k, v), each (1, H, P, D). The last axis reads L0-key, L0-value, L1-key, ...:
-    the authors' view (P, 2L, H, D) + permute (train_control.py), and PEFT's get_prompt."""
+    """(P, 2·L·C) -> per layer (k, v), each (1, H, P, D). The last axis reads L0-key, L0-value, L1-key, ...: the
+    authors' view (P, 2L, H, D) + permute (train_control.py), and PEFT's get_prompt."""
     kv = flat.view(flat.size(0), 2 * n_layer, n_head, -1).permute(1, 2, 0, 3).unsqueeze(1)  # (2L, 1, H, P, D)
     return [(kv[2 * i], kv[2 * i + 1]) for i in range(n_layer)]
 
@@ -93,40 +93,35 @@ def flatten(past_kv: PastKV) -> torch.Tensor:
 
 
 def freeze(model: nn.Module, prefix: nn.Module | None = None) -> None:
-    """Freeze the base model (eval mode: the authors run it without dropout) and check that the prefix, and only
-    the prefix, will learn. Call it where training starts."""
+    """Freeze the base model, in eval mode (the authors run it without dropout), and check that the prefix, and
+    only the prefix, will learn. train.py calls it where training starts."""
     model.requires_grad_(False).eval()
-    if prefix is None:
-        return
-    shared = {id(p) for p in model.parameters()} & {id(p) for p in prefix.parameters()}
-    frozen = [n for n, p in prefix.named_parameters() if not p.requires_grad]
+    shared = {id(p) for p in model.parameters()} & {id(p) for p in (prefix.parameters() if prefix else [])}
+    frozen = [n for n, p in (prefix.named_parameters() if prefix else []) if not p.requires_grad]
     if shared or frozen:
-        raise PrefixError(f"the prefix must own its parameters and train them: {len(shared)} are shared with the "
-                          f"model, frozen: {frozen}. Build the prefix from copies (tensor.clone()).")
+        raise PrefixError(f"the prefix must own and train its parameters: {len(shared)} are shared with the model, "
+                          f"frozen: {frozen}. Build the prefix from copies (tensor.clone()).")
 
-
-# --- init from real words (§7.4 "Prefix Initialization") -------------------------------------------------
 
 def init_from_text(model: GPT, enc: tiktoken.Encoding, text: str, parameterization: str = "mlp",
                    prefix_mid: int = 512, steps: int = 500, lr: float = 1e-4, seed: int = 0) -> Prefix:
-    """A prefix that starts as the model's own keys/values for `text`; P = its token count.
+    """§7.4 "Initialization": start from the model's own keys/values for a real word; P = its token count.
 
-    The text gets one leading space, as in the authors' code (" table-to-text:" is 6 tokens). "direct" copies
-    those keys/values; "mlp" is pre-fit to them by `steps` Adam steps on the MSE (lowdata_init_train3).
+    The text gets one leading space, as in the authors' code (" table-to-text:" is 6 tokens). "direct" copies the
+    keys/values; "mlp" is pre-fit to them by `steps` Adam steps on the MSE (lowdata_init_train3).
     """
     ids = enc.encode(" " + text.lstrip(" "))
     if not ids:
         raise PrefixError(f"init text {text!r} has no tokens; pass a word such as 'table-to-text:'.")
     with torch.no_grad():
-        idx = torch.tensor([ids], device=model.lm_head.weight.device)
-        target = flatten(model(idx, use_cache=True).present_kv).float()  # (P, 2·L·C)
+        idx = torch.tensor([ids], device=model.lm_head.weight.device)                   # (1, P)
+        target = flatten(model(idx, use_cache=True).present_kv).float()                  # (P, 2·L·C)
     prefix = Prefix(model.config, len(ids), parameterization, prefix_mid, seed=seed).to(target.device)
     if parameterization == "direct":
-        with torch.no_grad():
-            prefix.embedding.weight.copy_(target)
+        prefix.embedding.weight.detach().copy_(target)  # Pθ is the keys/values themselves
         return prefix
     opt = torch.optim.Adam(prefix.parameters(), lr=lr)
-    with torch.enable_grad():
+    with torch.enable_grad():  # callers may hold no_grad; the pre-fit needs gradients all the same
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             F.mse_loss(prefix.flat(), target).backward()
@@ -134,109 +129,90 @@ def init_from_text(model: GPT, enc: tiktoken.Encoding, text: str, parameterizati
     return prefix
 
 
-# --- many tasks on one backbone: per-row prefixes and mixing ------------------------------------------------
+# --- many tasks on one backbone ---------------------------------------------------------------------------
 
-def shape_of(past_kv: PastKV, source: str = "past_kv") -> tuple[int, int, int, int]:
-    """(L, H, P, D) of a batch-1 past, after checking every layer's keys and values agree."""
-    if not past_kv:
-        raise PrefixError(f"{source}: empty; expected one (key, value) pair per layer.")
-    shape = tuple(past_kv[0][0].shape)
+def shape_of(past_kv: PastKV, source: str = "past_kv", model: GPT | None = None) -> tuple[int, int, int, int]:
+    """(L, H, P, D) of a batch-1 past, after checking that every key and value agrees (and fits `model`)."""
+    shape = tuple(past_kv[0][0].shape) if past_kv else ()
     bad = [(i, tuple(t.shape)) for i, pair in enumerate(past_kv) for t in pair if tuple(t.shape) != shape]
     if len(shape) != 4 or shape[0] != 1 or bad:
         raise PrefixError(f"{source}: every key and value must be (1, H, P, D) and alike; layer 0 has {shape}, "
                           f"mismatches (layer, shape): {bad[:3]}. Pass one task's compiled prefix (Prefix.compile).")
-    return len(past_kv), shape[1], shape[2], shape[3]
+    L, (_, H, P, D), c = len(past_kv), shape, model.config if model is not None else None
+    if c is not None and (L, H, D) != (c.n_layer, c.n_head, c.head_dim):
+        raise PrefixError(f"{source}: a prefix for n_layer={L}, n_head={H}, head_dim={D}, but the model has "
+                          f"n_layer={c.n_layer}, n_head={c.n_head}, head_dim={c.head_dim}. A prefix only fits the "
+                          f"base model it was trained on; load that one.")
+    return L, H, P, D
 
 
 def stack(past_kvs: list[PastKV]) -> tuple[PastKV, torch.Tensor]:
-    """One prefix per row -> per layer (B, H, Pmax, D), shorter ones left-padded, and the key mask (B, Pmax).
+    """One prefix per row -> per layer (B, H, Pmax, D), shorter ones left-padded, and their key mask (B, Pmax).
 
-    Put the mask in front of the tokens' mask: `attention_mask = torch.cat([mask, token_mask], 1)`. Padding keys
-    are then never attended and each row's tokens sit at positions P_row.., as when that row runs alone.
+    Put the mask in front of the tokens' mask, `torch.cat([mask, token_mask], 1)`: padding slots are never
+    attended and a row's tokens sit at positions P_row.., exactly as when that row runs alone with its prefix.
     """
     shapes = [shape_of(p, f"past_kvs[{b}]") for b, p in enumerate(past_kvs)]
     if len({(L, H, D) for L, H, _, D in shapes}) != 1:
-        raise PrefixError(f"stack: prefixes for different models, (L, H, P, D) = {shapes}; all rows share one model.")
+        raise PrefixError(f"stack: prefixes for different models, (L, H, P, D) = {shapes}; rows share one model.")
     P_max = max(P for _, _, P, _ in shapes)
     mask = torch.tensor([[0] * (P_max - P) + [1] * P for _, _, P, _ in shapes])  # (B, Pmax)
-    pad = [(0, 0, P_max - P, 0) for _, _, P, _ in shapes]  # F.pad on (.., P, D): D untouched, P padded on the left
-    stacked = [tuple(torch.cat([F.pad(p[i][j], pad[b]) for b, p in enumerate(past_kvs)])  # (B, H, Pmax, D)
-                     for j in range(2)) for i in range(len(past_kvs[0]))]
+    pads = [(0, 0, P_max - P, 0) for _, _, P, _ in shapes]  # F.pad, last axes first: D as is, P on the left
+    stacked = [tuple(torch.cat([F.pad(p[i][j], pad) for p, pad in zip(past_kvs, pads)])  # (B, H, Pmax, D)
+                     for j in range(2)) for i in range(shapes[0][0])]
     return stacked, mask.to(past_kvs[0][0][0].device)
 
 
 def mix(weighted: list[tuple[PastKV, float]]) -> PastKV:
-    """Σ wᵢ·prefixᵢ, layer by layer: mixed = α·A + (1−α)·B for two. All prefixes must have one shape.
+    """Σ wᵢ·prefixᵢ, layer by layer (for two: α·A + (1−α)·B); the prefixes must share one shape.
 
-    Weights must sum to 1 (within 1e-4), else PrefixError: any other sum rescales every key and value, which
-    sharpens or flattens attention rather than blending tasks. Weights outside [0, 1] (extrapolation) are allowed.
+    Weights must sum to 1 (±1e-4), else PrefixError: another sum rescales every key and value, which sharpens or
+    flattens attention instead of blending tasks. Weights outside [0, 1] (extrapolation) are allowed.
     """
-    if not weighted:
-        raise PrefixError("mix: no prefixes given; pass [(past_kv, weight), ...].")
     shapes = [shape_of(p, f"mix[{i}]") for i, (p, _) in enumerate(weighted)]
     if len(set(shapes)) != 1:
-        raise PrefixError(f"mix: prefixes of different shapes (L, H, P, D) = {shapes}; only prefixes of one base "
-                          f"model and one length P can be blended.")
+        raise PrefixError(f"mix: got prefixes of shapes (L, H, P, D) = {shapes}; give at least one, all of one base "
+                          f"model and one length P.")
     total = sum(w for _, w in weighted)
     if not math.isfinite(total) or abs(total - 1.0) > 1e-4:
-        raise PrefixError(f"mix: weights {[w for _, w in weighted]} sum to {total}, expected 1. Divide each by their "
-                          f"sum to blend, or write the rescaling yourself if that is what you mean.")
-    return [tuple(sum(w * p[i][j] for p, w in weighted) for j in range(2)) for i in range(len(weighted[0][0]))]
+        raise PrefixError(f"mix: weights {[w for _, w in weighted]} sum to {total}, expected 1. Divide each by the "
+                          f"sum to blend.")
+    return [tuple(sum(w * p[i][j] for p, w in weighted) for j in range(2)) for i in range(shapes[0][0])]
 
 
 def param_counts(prefix: Prefix, model: nn.Module) -> dict[str, float]:
-    """Trained (with the MLP) and stored (compiled P·2·L·C) parameters, each also as a fraction of the model's."""
+    """Trained parameters (MLP included) and stored ones (compiled: P·2·L·C), each also as a fraction of the
+    model's. train.py prints both when training starts."""
     n_model = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in prefix.parameters() if p.requires_grad)
-    stored = prefix.embedding.num_embeddings * prefix.width  # P·2·L·C, what prefix.safetensors holds
+    stored = prefix.embedding.num_embeddings * prefix.width
     return {"model": n_model, "trained": trained, "trained_frac": trained / n_model,
             "stored": stored, "stored_frac": stored / n_model}
 
 
-# --- files: our compiled prefix.safetensors, and PEFT adapter folders -----------------------------------------
+# --- files: our prefix.safetensors, and PEFT adapter folders ------------------------------------------------
 
 def fingerprint(model: GPT) -> str:
-    """A cheap identity of a base model: its config and strided samples of four weights.
-
-    Samples are rounded to bfloat16 first, so one checkpoint loaded in float32 or bfloat16 has one fingerprint.
-    """
-    L = model.config.n_layer
-    sd = model.state_dict()
-    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
+    """A cheap identity of a base model: its shape and strided samples of four weights. The samples are rounded to
+    bfloat16, so a checkpoint loaded in float32 or in bfloat16 has one fingerprint."""
+    c, sd = model.config, model.state_dict()
+    h = hashlib.sha256(repr((c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size)).encode())
     for name in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",
-                 f"transformer.h.{L - 1}.mlp.c_proj.weight", "transformer.ln_f.weight"):
+                 f"transformer.h.{c.n_layer - 1}.mlp.c_proj.weight", "transformer.ln_f.weight"):
         t = sd[name].detach().flatten()
         h.update(t[:: max(1, t.numel() // 4096)].to(torch.bfloat16).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def check_fits(shape: tuple[int, int, int, int], model: GPT, source: str) -> None:
-    L, H, _, D = shape
-    c = model.config
-    if (L, H, D) != (c.n_layer, c.n_head, c.head_dim):
-        raise PrefixError(f"{source}: a prefix for n_layer={L}, n_head={H}, head_dim={D}, but the model has "
-                          f"n_layer={c.n_layer}, n_head={c.n_head}, head_dim={c.head_dim}. A prefix only fits the "
-                          f"base model it was trained on; load that one.")
-
-
-def to_model(past_kv: PastKV, model: GPT | None) -> PastKV:
-    if model is None:
-        return past_kv
-    w = model.lm_head.weight
-    return [(k.to(w.device, w.dtype), v.to(w.device, w.dtype)) for k, v in past_kv]
-
-
 def save(path: str | Path, past_kv: PastKV, model: GPT, parameterization: str) -> Path:
-    """Write the compiled keys/values, one (L, 2, H, P, D) tensor, to `path` (a folder gets prefix.safetensors),
-    with the metadata `load` checks. Returns the file written."""
+    """Write the compiled prefix, one (L, 2, H, P, D) float32 tensor, to `path` (a folder gets prefix.safetensors),
+    with the metadata `load` checks; returns the file."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path.mkdir(parents=True, exist_ok=True)
         path = path / PREFIX_FILE
-    L, H, P, D = shape_of(past_kv)
-    check_fits((L, H, P, D), model, str(path))
-    if parameterization not in PARAMETERIZATIONS:
-        raise PrefixError(f"parameterization={parameterization!r}; expected one of {PARAMETERIZATIONS}.")
+    L, H, P, D = shape_of(past_kv, str(path), model)
+    check_parameterization(parameterization, str(path))
     kv = torch.stack([torch.stack(pair) for pair in past_kv]).squeeze(2)  # (L, 2, H, P, D)
     meta = dict(format="pt", n_layer=L, n_head=H, head_dim=D, prefix_len=P, parameterization=parameterization,
                 base_fingerprint=fingerprint(model))
@@ -246,97 +222,99 @@ def save(path: str | Path, past_kv: PastKV, model: GPT, parameterization: str) -
 
 
 def load(path: str | Path, model: GPT | None = None, allow_other_base: bool = False) -> PastKV:
-    """A prefix.safetensors (or its folder) or a PEFT prefix-tuning adapter folder -> per layer (1, H, P, D).
+    """prefix.safetensors (or its folder), or a PEFT prefix-tuning folder -> per layer (1, H, P, D).
 
-    With a model, the prefix must fit its shape, and (our files) come from the same base model, checked by
-    fingerprint; `allow_other_base=True` (train/beam: --allow-other-base) loads it onto another base anyway.
+    Given a model, the prefix must fit its shape and be cast to its dtype and device; a file of ours must also come
+    from the same base (by fingerprint) unless allow_other_base=True (CLI: --allow-other-base). A PEFT folder
+    names its base only by hub name, so there only the shape is checked.
     """
     path = Path(path)
     if path.is_dir() and (path / PEFT_CONFIG).is_file():
         return to_model(load_peft(path, model), model)
     file = path / PREFIX_FILE if path.is_dir() else path
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta, kv = f.metadata() or {}, f.get_tensor("past_kv") if "past_kv" in f.keys() else None
-    except (SafetensorError, OSError) as e:
-        raise PrefixError(f"{file}: not a readable prefix file ({e}). Expected prefix.safetensors written by "
-                          f"prefix.save, or a PEFT folder with {PEFT_CONFIG}.") from None
+    meta, kv = read_safetensors(file, "past_kv")
     L, H, D, P = (whole(meta, key, file) for key in ("n_layer", "n_head", "head_dim", "prefix_len"))
-    if meta.get("parameterization") not in PARAMETERIZATIONS or not meta.get("base_fingerprint"):
-        raise PrefixError(f"{file}: metadata 'parameterization'={meta.get('parameterization')!r} (expected one of "
-                          f"{PARAMETERIZATIONS}) and 'base_fingerprint'={meta.get('base_fingerprint')!r} are both "
-                          f"required. Was this file written by prefix.save?")
+    check_parameterization(meta.get("parameterization"), str(file))
+    if not meta.get("base_fingerprint"):
+        raise PrefixError(f"{file}: metadata has no 'base_fingerprint'. Was it written by prefix.save?")
     if kv is None or tuple(kv.shape) != (L, 2, H, P, D):
         raise PrefixError(f"{file}: tensor 'past_kv' has shape {None if kv is None else tuple(kv.shape)}, the "
                           f"metadata implies {(L, 2, H, P, D)}. The file is damaged; save it again.")
     past_kv = [(kv[i, 0:1], kv[i, 1:2]) for i in range(L)]  # each (1, H, P, D)
-    check_finite(past_kv, str(file))
+    check_finite(past_kv, file)
     if model is not None:
-        check_fits((L, H, P, D), model, str(file))
-        if meta["base_fingerprint"] != fingerprint(model) and not allow_other_base:
-            raise PrefixError(f"{file}: trained on base model {meta['base_fingerprint']}, this model is "
-                              f"{fingerprint(model)} (same shape, other weights). A prefix is tied to its base; if you "
-                              f"mean it, pass allow_other_base=True (--allow-other-base).")
+        shape_of(past_kv, str(file), model)
+        trained_on, this = meta.get("base_fingerprint"), fingerprint(model)
+        if trained_on != this and not allow_other_base:
+            raise PrefixError(f"{file}: trained on base model {trained_on}, this model is {this} (same shape, other "
+                              f"weights). A prefix is tied to its base; if you mean it, pass allow_other_base=True "
+                              f"(--allow-other-base).")
     return to_model(past_kv, model)
+
+
+def to_model(past_kv: PastKV, model: GPT | None) -> PastKV:
+    w = model.lm_head.weight if model is not None else None
+    return past_kv if w is None else [(k.to(w.device, w.dtype), v.to(w.device, w.dtype)) for k, v in past_kv]
+
+
+def read_safetensors(file: Path, key: str) -> tuple[dict, torch.Tensor | None]:
+    """(metadata, the tensor `key` or None)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return f.metadata() or {}, f.get_tensor(key) if key in f.keys() else None
+    except (SafetensorError, OSError) as e:
+        raise PrefixError(f"{file}: not a readable safetensors file ({e}). Expected prefix.safetensors from "
+                          f"prefix.save, or a PEFT folder ({PEFT_CONFIG} + {PEFT_WEIGHTS}).") from None
 
 
 def whole(fields: dict, key: str, source: Path) -> int:
     """A positive whole-number field of our metadata (strings) or of a PEFT config (numbers)."""
     value = fields.get(key)
     if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
-        raise PrefixError(f"{source}: field {key!r} is {value!r}, expected a positive whole number. Was this file "
-                          f"written by prefix.save or PEFT's save_pretrained?")
+        raise PrefixError(f"{source}: field {key!r} is {value!r}, expected a positive whole number. Was it written "
+                          f"by prefix.save or by PEFT's save_pretrained?")
     return int(value)
 
 
-def check_finite(past_kv: PastKV, source: str) -> None:
+def check_finite(past_kv: PastKV, source: Path) -> None:
     bad = [i for i, pair in enumerate(past_kv) if not all(torch.isfinite(t).all() for t in pair)]
     if bad:
-        raise PrefixError(f"{source}: NaN or Inf in the keys/values of layers {bad}. The training run diverged; "
-                          f"load an earlier prefix or train again with a lower learning rate.")
+        raise PrefixError(f"{source}: NaN or Inf in the keys/values of layers {bad}. Training diverged; use an "
+                          f"earlier prefix or train again with a lower learning rate.")
 
 
 def load_peft(folder: Path, model: GPT | None) -> PastKV:
-    """PEFT's prefix-tuning adapter for GPT-2. PEFT's save_pretrained always stores the compiled prefix as
-    `prompt_embeddings` (P, 2·L·C): with prefix_projection=true it runs its MLP once before saving."""
+    """A PEFT prefix-tuning adapter for GPT-2. PEFT's save_pretrained stores the compiled prefix as
+    `prompt_embeddings` (P, 2·L·C), also with prefix_projection=true: get_prompt_embedding_to_save runs the MLP."""
     file = folder / PEFT_CONFIG
     try:
         cfg = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise PrefixError(f"{file}: unreadable ({e}).") from None
-    expect = {"peft_type": "PREFIX_TUNING", "num_transformer_submodules": 1}
-    for key, want in expect.items():
+    for key, want in {"peft_type": "PREFIX_TUNING", "num_transformer_submodules": 1}.items():
         if cfg.get(key) != want:
-            raise PrefixError(f"{file}: {key}={cfg.get(key)!r}, expected {want!r}: only decoder-only prefix-tuning "
+            raise PrefixError(f"{file}: {key}={cfg.get(key)!r}, expected {want!r}; only decoder-only prefix-tuning "
                               f"adapters load here.")
     L, H, C, P = (whole(cfg, k, file) for k in ("num_layers", "num_attention_heads", "token_dim", "num_virtual_tokens"))
-    if model is not None:
-        check_fits((L, H, P, C // H), model, str(file))
-    weights = folder / PEFT_WEIGHTS
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            flat = f.get_tensor("prompt_embeddings") if "prompt_embeddings" in f.keys() else None
-    except (SafetensorError, OSError) as e:
-        raise PrefixError(f"{weights}: not readable ({e}). PEFT folders from this project hold safetensors only; "
-                          f"re-save an adapter_model.bin with safe_serialization=True.") from None
+    _, flat = read_safetensors(folder / PEFT_WEIGHTS, "prompt_embeddings")
     if flat is None or tuple(flat.shape) != (P, 2 * L * C):
-        raise PrefixError(f"{weights}: 'prompt_embeddings' has shape {None if flat is None else tuple(flat.shape)}, "
-                          f"{PEFT_CONFIG} implies {(P, 2 * L * C)}.")
+        raise PrefixError(f"{folder / PEFT_WEIGHTS}: 'prompt_embeddings' has shape "
+                          f"{None if flat is None else tuple(flat.shape)}, {PEFT_CONFIG} implies {(P, 2 * L * C)}.")
     past_kv = [(k.contiguous(), v.contiguous()) for k, v in unflatten(flat.float(), L, H)]
-    check_finite(past_kv, str(weights))
+    check_finite(past_kv, folder / PEFT_WEIGHTS)
+    shape_of(past_kv, str(folder), model)
     return past_kv
 
 
 def save_peft(past_kv: PastKV, folder: str | Path, base_model_name_or_path: str = "gpt2") -> None:
-    """Write a PEFT adapter folder (prefix_projection=false: the embedding is the flat keys/values) that
-    `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), folder)` loads."""
-    L, H, P, D = shape_of(past_kv)
+    """Write a PEFT adapter folder that `PeftModel.from_pretrained(GPT2LMHeadModel..., folder)` loads: with
+    prefix_projection=false, PEFT's embedding is the flat keys/values (P, 2·L·C)."""
+    L, H, P, D = shape_of(past_kv, str(folder))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = dict(peft_type="PREFIX_TUNING", task_type="CAUSAL_LM", base_model_name_or_path=base_model_name_or_path,
-               num_virtual_tokens=P, token_dim=H * D, num_attention_heads=H, num_layers=L,
-               num_transformer_submodules=1, encoder_hidden_size=H * D, prefix_projection=False, inference_mode=True,
-               init_weights=None, auto_mapping=None, modules_to_save=None, revision=None)
+               num_virtual_tokens=P, token_dim=H * D, num_attention_heads=H, num_layers=L, encoder_hidden_size=H * D,
+               num_transformer_submodules=1, prefix_projection=False, inference_mode=True)
     tensors = {"prompt_embeddings": flatten(past_kv).detach().float().cpu().contiguous()}  # (P, 2·L·C)
     atomic_write(folder / PEFT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write(folder / PEFT_CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
