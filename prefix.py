@@ -96,8 +96,9 @@ def freeze(model: nn.Module, prefix: nn.Module | None = None) -> None:
     """Freeze the base model, in eval mode (the authors run it without dropout), and check that the prefix, and
     only the prefix, will learn. train.py calls it where training starts."""
     model.requires_grad_(False).eval()
-    shared = {id(p) for p in model.parameters()} & {id(p) for p in (prefix.parameters() if prefix else [])}
-    frozen = [n for n, p in (prefix.named_parameters() if prefix else []) if not p.requires_grad]
+    named = list(prefix.named_parameters()) if prefix is not None else []
+    shared = {id(p) for p in model.parameters()} & {id(p) for _, p in named}
+    frozen = [n for n, p in named if not p.requires_grad]
     if shared or frozen:
         raise PrefixError(f"the prefix must own and train its parameters: {len(shared)} are shared with the model, "
                           f"frozen: {frozen}. Build the prefix from copies (tensor.clone()).")

@@ -149,6 +149,22 @@ def test_compiled_prefix_equals_its_mlp(tiny):
     torch.testing.assert_close(tiny(idx, past_kv=compiled).logits, want, atol=0, rtol=0)
 
 
+def test_seeded_init_leaves_the_global_rng_alone():
+    config = GPTConfig(**TINY)
+    state = torch.random.get_rng_state()
+    a, b = random_prefix(config, 3, seed=5), random_prefix(config, 3, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.testing.assert_close(a.flat(), b.flat(), atol=0, rtol=0)
+    assert not torch.equal(a.flat(), random_prefix(config, 3, seed=6).flat())
+
+
+def test_dropout_only_while_training():
+    prefix = Prefix(GPTConfig(**TINY), 3, prefix_mid=16, dropout=0.5)
+    compiled = flatten(prefix.compile())
+    assert (flatten(prefix.train()()) == 0).float().mean() > 0.3
+    torch.testing.assert_close(flatten(prefix.eval()()), compiled, atol=0, rtol=0)
+
+
 def test_param_counts_gpt2_medium():
     config = GPTConfig(n_layer=24, n_head=16, n_embd=1024)
     with torch.device("meta"):
@@ -183,7 +199,7 @@ def test_init_mlp_prefit_lowers_the_mse(tiny_ckpt, tiny):
     before = init_from_text(tiny, enc, "table-to-text:", steps=0, prefix_mid=64, seed=3).flat().detach()
     after = init_from_text(tiny, enc, "table-to-text:", steps=500, prefix_mid=64, seed=3).flat().detach()
     mse = lambda x: torch.nn.functional.mse_loss(x, target).item()  # noqa: E731
-    assert mse(after) < 0.2 * mse(before)
+    assert mse(after) < 0.01 * mse(before)
 
 
 # --- many tasks on one backbone -----------------------------------------------------------------------------
@@ -239,7 +255,10 @@ def test_save_load_round_trip_is_exact(tiny, tmp_path):
 
 
 def test_fingerprint_is_per_weights_not_per_dtype(tiny_ckpt, tiny, tmp_path):
-    assert fingerprint(GPT.from_pretrained(tiny_ckpt, dtype=torch.bfloat16)) == fingerprint(tiny)
+    bf16 = GPT.from_pretrained(tiny_ckpt, dtype=torch.bfloat16)
+    assert fingerprint(bf16) == fingerprint(tiny)
+    save(tmp_path, random_prefix(tiny.config, 2, seed=0).compile(), tiny, "mlp")
+    assert load(tmp_path, bf16)[0][0].dtype == torch.bfloat16  # cast to the model it is loaded for
     other = GPT.from_pretrained(make_checkpoint(tmp_path / "other", seed=1, **TINY))
     assert fingerprint(other) != fingerprint(tiny)
 
