@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from .bleu_nist import ngram_counts  # coco-caption's precook: the same counts, split on whitespace
+
 ROUGE_BETA = 1.2
 CIDER_N, CIDER_SIGMA = 4, 6.0
 
@@ -67,15 +69,9 @@ def cider_sim(hyp: tuple, ref: tuple) -> list[float]:
     return val
 
 
-def ngrams(sentence: str) -> Counter:
-    """1-4-gram counts over whitespace-split tokens (coco-caption's precook)."""
-    words = sentence.split()
-    return Counter(tuple(words[i:i + k]) for k in range(1, CIDER_N + 1) for i in range(len(words) - k + 1))
-
-
 def cider_d(refs: list[list[str]], outputs: list[str]) -> float:
     """coco-caption's Cider as the E2E script runs it: mean over MRs of 10 x mean_n(mean over refs of sim)."""
-    ref_counts = [[ngrams(r) for r in group] for group in refs]
+    ref_counts = [[ngram_counts(r.split(), CIDER_N) for r in group] for group in refs]
     doc_freq: dict[tuple, float] = defaultdict(float)
     for group in ref_counts:
         for gram in set(g for counts in group for g in counts):
@@ -83,7 +79,7 @@ def cider_d(refs: list[list[str]], outputs: list[str]) -> float:
     log_n_docs = np.log(float(len(refs)))
     scores = []
     for group, output in zip(ref_counts, outputs):
-        hyp = cider_vector(ngrams(output), doc_freq, log_n_docs)
+        hyp = cider_vector(ngram_counts(output.split(), CIDER_N), doc_freq, log_n_docs)
         total = np.array([0.0] * CIDER_N)
         for counts in group:
             total += np.array(cider_sim(hyp, cider_vector(counts, doc_freq, log_n_docs)))
