@@ -224,6 +224,31 @@ def main(argv: list[str] | None = None) -> None:
             dist.destroy_process_group()
 
 
+def build(cfg: TrainConfig, model: GPT, tok, device: torch.device) -> tuple[torch.nn.Module, int, str]:
+    """The trained module (the prefix, or GPT-2 itself), P, and a line saying what trains."""
+    if cfg.tuner == "fine":
+        model.train()  # the recipe's fine-tune has dropout 0.1 on; our GPT-2 has no dropout, so nothing changes
+        return model, 0, f"fine-tuning all {sum(p.numel() for p in model.parameters()):,} parameters"
+    prefix = (pfx.init_from_text(model, tok, cfg.prefix_init, cfg.prefix_param, cfg.prefix_mid, seed=cfg.seed)
+              if cfg.prefix_init else pfx.Prefix(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid,
+                                                 seed=cfg.seed)).to(device)
+    pfx.freeze(model, prefix)  # GPT-2 frozen and in eval mode, as the authors ran it
+    c, P = pfx.param_counts(prefix, model), prefix.embedding.num_embeddings
+    return prefix, P, (f"prefix P={P}: trains {c['trained']:,} parameters ({c['trained_frac']:.2%} of the model's "
+                       f"{c['model']:,}), stores {c['stored']:,} ({c['stored_frac']:.3%})")
+
+
+def optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW over the trained parameters only, named in the optimizer's order (for save_state)."""
+    trained = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
+    rest = {n: p for n, p in trained.items() if n not in decay}
+    groups = [{"params": list(decay.values()), "weight_decay": cfg.weight_decay},
+              {"params": list(rest.values()), "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda")
+    return decay | rest, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
 def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
     say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
@@ -232,45 +257,22 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     model.to(device)
     tok = load_tokenizer(base)
     pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
-    train_ex = [example_ids(tok, s, t) for s, t in pairs]
     valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
-    valid_ex = [example_ids(tok, s, t) for s, t in valid][rank::world]
-
-    if cfg.tuner == "prefix":
-        prefix = (pfx.init_from_text(model, tok, cfg.prefix_init, cfg.prefix_param, cfg.prefix_mid, seed=cfg.seed)
-                  if cfg.prefix_init else pfx.Prefix(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid,
-                                                     seed=cfg.seed)).to(device)
-        pfx.freeze(model, prefix)
-        module, P = prefix, prefix.embedding.num_embeddings
-        counts = pfx.param_counts(prefix, model)
-        say(f"prefix P={P}: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of the model's "
-            f"{counts['model']:,}), stores {counts['stored']:,} ({counts['stored_frac']:.3%})")
-    else:
-        model.train()  # the recipe's fine-tune has dropout 0.1 on; our GPT-2 has no dropout, so this changes nothing
-        module, P = model, 0
-        say(f"fine-tuning all {sum(p.numel() for p in model.parameters()):,} parameters")
+    module, P, what = build(cfg, model, tok, device)
+    say(what)
     fits = model.config.n_positions - P  # the paper never truncates (block 1024); a short-context model drops
-    n_long = sum(len(i) > fits for i, _ in train_ex)
-    train_ex, valid_ex = [e for e in train_ex if len(e[0]) <= fits], [e for e in valid_ex if len(e[0]) <= fits]
-    if n_long:
-        say(f"note: left out {n_long} training pairs longer than n_positions - P = {fits} tokens")
-
+    train_ex = [e for e in (example_ids(tok, s, t) for s, t in pairs) if len(e[0]) <= fits]
+    valid_ex = [e for e in (example_ids(tok, s, t) for s, t in valid) if len(e[0]) <= fits][rank::world]
+    if len(train_ex) < len(pairs):
+        say(f"note: left out {len(pairs) - len(train_ex)} training pairs longer than n_positions - P = {fits} tokens")
     lengths = [len(i) for i, _ in train_ex]
     micro = (len(epoch_batches(lengths, cfg.batch_size, cfg.seed)) // world) // cfg.grad_accum * cfg.grad_accum
     if micro == 0:
         raise TrainError(f"{len(train_ex)} training pairs do not fill one step of --batch-size {cfg.batch_size} × "
                          f"--grad-accum {cfg.grad_accum} × {world} processes.")
     cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * micro // cfg.grad_accum)
-    trained = {n: p for n, p in module.named_parameters() if p.requires_grad}  # only these reach AdamW
-    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
-    params = decay | {n: p for n, p in trained.items() if n not in decay}  # in the optimizer's order
-    groups = [{"params": list(decay.values()), "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in params.items() if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=device.type in ("cpu", "cuda"))
+    params, opt = optimizer(module, cfg, device)
     start = load_state(out, params, opt, cfg) if cfg.resume else 0
-    if rank == 0:
-        atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(
-            {**asdict(cfg), "base": str(base), "world_size": world}, indent=2)))
     net = torch.compile(model) if cfg.compile else model
     trainer = module if cfg.tuner == "prefix" else net
     wrapped = DDP(trainer) if world > 1 else trainer  # DDP averages gradients over processes
@@ -280,11 +282,13 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         with autocast:
             return net(idx, past_kv=wrapped()).logits if cfg.tuner == "prefix" else wrapped(idx).logits
 
-    log_path, rows = out / "log.jsonl", []
-    if rank == 0:
-        rows = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["step"] <= start] \
-            if cfg.resume and log_path.is_file() else []
-        atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    log_path = out / "log.jsonl"
+    if rank == 0:  # a resumed run keeps the log up to its checkpoint
+        rows = log_path.read_text().splitlines() if cfg.resume and log_path.is_file() else []
+        kept = "".join(r + "\n" for r in rows if json.loads(r)["step"] <= start)
+        atomic_write(log_path, lambda tmp: tmp.write_text(kept))
+        atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(
+            {**asdict(cfg), "base": str(base), "world_size": world}, indent=2)))
     say(f"{len(train_ex):,} training pairs, {cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, "
         f"lr {cfg.lr:g}" + (f", resuming at step {start}" if start else ""))
     t0 = t_log = time.time()
@@ -294,8 +298,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             g["lr"] = lr_at(step, cfg)
         stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
         for a in range(cfg.grad_accum):
-            m = step * cfg.grad_accum + a
-            epoch, pos = divmod(m, micro)
+            epoch, pos = divmod(step * cfg.grad_accum + a, micro)
             if epoch not in orders:  # the order is a function of seed and epoch, so a resumed run sees the same
                 orders = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)}
             idx, targets = collate([train_ex[i] for i in orders[epoch][pos * world + rank]], tok.eot_token)
@@ -310,13 +313,13 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         loss = objective(stats[0], stats[1], stats[2], cfg.tuner).item()
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip or math.inf)
         if not (math.isfinite(loss) and torch.isfinite(norm)):
-            raise TrainError(f"step {step + 1}: the loss is {loss}, the gradient norm {norm.item()}; stopped without saving. The last good checkpoint "
-                             f"is in {out / 'resume'} (every --save-every {cfg.save_every} steps); lower --lr or use "
-                             f"--dtype float32 and start again (--resume continues from it).")
+            raise TrainError(f"step {step + 1}: loss {loss}, gradient norm {norm.item()}; stopped without saving. The "
+                             f"last good checkpoint is in {out / 'resume'} (every --save-every {cfg.save_every} steps): "
+                             f"lower --lr or use --dtype float32, and continue from it with --resume.")
         opt.step()
         opt.zero_grad(set_to_none=True)
         done = step + 1
-        if world > 1:
+        if world > 1:  # every process must stop at the same step, or the others wait forever in all_reduce
             flag = torch.tensor(float(bool(stop)), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop += ["a signal on another process"] if flag.item() and not stop else []
@@ -377,10 +380,8 @@ def finish(cfg: TrainConfig, out: Path, model: GPT, base: Path, module: torch.nn
         return
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows if "tok_loss" in r], [r["tok_loss"] for r in rows if "tok_loss" in r],
-            label="train")
-    ax.plot([r["step"] for r in rows if "val_loss" in r], [r["val_loss"] for r in rows if "val_loss" in r], "o-",
-            label="validation")
+    for key, style in (("tok_loss", "-"), ("val_loss", "o-")):
+        ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], style, label=key)
     ax.set(xlabel="step", ylabel="NLL per target token", title=f"{cfg.tuner}-tuning {cfg.init_from}")
     ax.legend()
     atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
