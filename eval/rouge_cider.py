@@ -43,7 +43,7 @@ def rouge_l(refs: list[list[str]], outputs: list[str]) -> float:
     return float(np.mean(np.array(scores)))
 
 
-def cider_vector(counts: Counter, doc_freq: dict[tuple, float], log_n_docs: float):
+def cider_vector(counts: Counter, doc_freq: dict[tuple, float], log_n_docs: float) -> tuple[list, list, int]:
     """tf-idf vector per n, its norms, and the sentence 'length' coco-caption uses: its number of bigrams."""
     vec = [defaultdict(float) for _ in range(CIDER_N)]
     norm = [0.0] * CIDER_N
