@@ -22,7 +22,6 @@ from pathlib import Path
 import tiktoken.load
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -114,9 +113,9 @@ def flops_per_token(c: GPTConfig, T: int, tuner: str) -> float:
     return (3 if tuner == "fine" else 2) * 2 * N + 3 * 4 * c.n_layer * c.n_embd * T
 
 
-def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy over targets != IGNORE; logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+def nll_sum(loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed NLL over targets != IGNORE from the model's mean (its loss, computed in fp32 inside forward)."""
+    return loss * (targets != IGNORE).sum()
 
 
 def objective(nll: torch.Tensor, n_tok: torch.Tensor, n_seq: int | torch.Tensor, tuner: str) -> torch.Tensor:
@@ -278,9 +277,10 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     wrapped = DDP(trainer) if world > 1 else trainer  # DDP averages gradients over processes
     autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
 
-    def forward(idx: torch.Tensor) -> torch.Tensor:
+    def forward(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # summed NLL of the batch
         with autocast:
-            return net(idx, past_kv=wrapped()).logits if cfg.tuner == "prefix" else wrapped(idx).logits
+            out = net(idx, wrapped(), targets=targets) if cfg.tuner == "prefix" else wrapped(idx, targets=targets)
+        return nll_sum(out.loss, targets)
 
     log_path = out / "log.jsonl"
     if rank == 0:  # a resumed run keeps the log up to its checkpoint
@@ -304,7 +304,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             idx, targets = collate([train_ex[i] for i in orders[epoch][pos * world + rank]], tok.eot_token)
             idx, targets = idx.to(device), targets.to(device)  # (B, T)
             with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext():
-                nll, n_tok = nll_sum(forward(idx), targets), (targets != IGNORE).sum()
+                nll, n_tok = forward(idx, targets), (targets != IGNORE).sum()
                 (objective(nll, n_tok, idx.size(0), cfg.tuner) / cfg.grad_accum).backward()
             stats += torch.stack([nll.detach(), n_tok.float(), torch.tensor(float(idx.size(0)), device=device)])
             tokens += idx.numel()
@@ -355,7 +355,7 @@ def evaluate(forward, examples: list, cfg: TrainConfig, pad_id: int, device: tor
     total = torch.zeros(2, device=device)
     for i in range(0, len(examples), cfg.batch_size):
         idx, targets = (t.to(device) for t in collate(examples[i:i + cfg.batch_size], pad_id))
-        total += torch.stack([nll_sum(forward(idx), targets), (targets != IGNORE).sum().float()])
+        total += torch.stack([forward(idx, targets), (targets != IGNORE).sum().float()])
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()

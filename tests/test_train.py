@@ -96,9 +96,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_ckpt, tmp_path, mo
     calls = []
     real = train.nll_sum
 
-    def nan_on_third_step(logits, targets):
+    def nan_on_third_step(loss, targets):
         calls.append(1)
-        return real(logits, targets) * (float("nan") if len(calls) == 3 else 1.0)
+        return real(loss, targets) * (float("nan") if len(calls) == 3 else 1.0)
 
     monkeypatch.setattr(train, "nll_sum", nan_on_third_step)
     with pytest.raises(train.TrainError, match="step 3: loss nan"):
