@@ -158,7 +158,15 @@ def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: 
         beam_scores, tok = beam_scores[alive], tok[alive].view(-1, 1)         # (b', K), (b'·K, 1)
         hist = torch.cat([hist[beam_idx], tok], 1)                            # (b'·K, T+t+1)
         mask = torch.cat([mask[beam_idx], torch.ones_like(tok)], 1)           # (b'·K, S+1)
-        cache = [(pk[beam_idx], pv[beam_idx]) for pk, pv in cache]            # (b'·K, H, S, D)
+        if k == K and all(live):
+            # The K beams of a prompt hold the same prefix + prompt keys, so only the generated slots of the
+            # beams that changed need moving, in place (transformers copies every slot of every beam).
+            moved = (beam_idx != torch.arange(b * K, device=dev)).nonzero()[:, 0]  # (m,)
+            for pk, pv in cache:                                              # (b·K, H, S, D)
+                for c in (pk, pv):
+                    c[moved, :, P + T:] = c[:, :, P + T:].index_select(0, beam_idx[moved])
+        else:  # the first step fans each prompt out to K beams; finished prompts leave
+            cache = [(pk[beam_idx], pv[beam_idx]) for pk, pv in cache]        # (b'·K, H, S, D)
         out = model(tok, past_kv=cache, attention_mask=mask, use_cache=True, last_only=True)
         cache, logits = out.present_kv, out.logits[:, -1]
     return [pool[0] for pool in pools]
