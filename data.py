@@ -38,7 +38,7 @@ class DataError(Exception):
 def split_file(data_dir: str | Path, split: str) -> Path:
     """The file holding `split`: a file path itself, a file in data_dir, or the split's known names."""
     root = Path(data_dir)
-    if root.is_file():
+    if root.is_file() and not Path(split).is_file():
         return root
     for name in (split, *SPLITS.get(split, ()), f"{split}.jsonl"):
         if (root / name).is_file():
@@ -163,7 +163,7 @@ def example_ids(tok: tiktoken.Encoding, source: str, target: str) -> tuple[list[
 
 
 def subset(pairs: list[tuple[str, str]], limit: int, seed: int) -> list[tuple[str, str]]:
-    """A low-data training set (paper "Low-data Setting"): `limit` pairs drawn without replacement."""
+    """A low-data training set (§6.3 "Low-data Setting"): `limit` pairs drawn without replacement."""
     if limit <= 0 or limit >= len(pairs):
         return pairs
     return [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), limit))]

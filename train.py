@@ -47,8 +47,8 @@ class TrainConfig:
                      choices=("prefix", "fine"))
     init_from: str = arg("gpt2-medium", "base model: folder, hub name, or random:tiny|gpt2|gpt2-medium (offline)")
     data_dir: str = arg("data/e2e", "folder with src1_*.txt, the E2E CSVs or {split}.jsonl, or one data file")
-    train_split: str = arg("train", "split name (train, dev, test) or file name in --data-dir")
-    valid_split: str = arg("dev", "split for the validation loss; '' for none")
+    train_split: str = arg("train", "split (train, dev, test), or a file in --data-dir, or a path")
+    valid_split: str = arg("dev", "the same, for the validation loss; '' for none")
     valid_limit: int = arg(0, "validate on the first N pairs only (0: all)")
     train_limit: int = arg(0, "low-data setting: train on N pairs drawn with --subset-seed (0: all)")
     subset_seed: int = arg(0, "which low-data subset")
@@ -252,11 +252,15 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)  # data errors first
+    valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
     model, base = load_base(cfg, out, rank)
     model.to(device)
-    tok = load_tokenizer(base)
-    pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
-    valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
+    try:
+        tok = load_tokenizer(base)
+    except Exception as e:  # tiktoken's fallback downloads; offline that fails deep inside requests
+        raise TrainError(f"{base}: no vocab.json + merges.txt, and tiktoken could not get 'gpt2' ({type(e).__name__}). "
+                         f"Put GPT-2's vocab.json and merges.txt there, or set TIKTOKEN_CACHE_DIR to a cache.") from None
     module, P, what = build(cfg, model, tok, device)
     say(what)
     fits = model.config.n_positions - P  # the paper never truncates (block 1024); a short-context model drops
@@ -342,7 +346,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                 f.write(json.dumps(row) + "\n")
         if rank == 0 and (done % cfg.save_every == 0 or done == cfg.max_steps or stop):
             save_state(out, done, params, opt, cfg)
-        if stop:
+        if stop and done < cfg.max_steps:
             say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
             return
     if rank == 0:
