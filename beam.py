@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" 
            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
+class BeamError(Exception):
+    """Input beam.py cannot decode; the message names the prompt or file and the fix."""
+
+
 @dataclass
 class BeamConfig:
     beams: int = 5                       # K; 1 is greedy
@@ -43,14 +48,18 @@ class BeamConfig:
     banned: tuple[int, ...] = ()
     eos: int = 50256
 
+    def __post_init__(self) -> None:
+        if self.beams < 1 or self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.no_repeat_ngram_size < 0:
+            raise BeamError(f"beams={self.beams}, max_new_tokens={self.max_new_tokens}, min_new_tokens="
+                            f"{self.min_new_tokens}, no_repeat_ngram_size={self.no_repeat_ngram_size}: need beams "
+                            f"and max_new_tokens >= 1, the others >= 0.")
+        if self.early_stopping not in (False, True, "never"):
+            raise BeamError(f"early_stopping={self.early_stopping!r}; expected False, True or 'never'.")
+
 
 class Hyp(NamedTuple):
     tokens: list[int]  # generated ids, without the final EOS
     score: float       # sum of log-probs / len(generated, EOS included) ** length_penalty
-
-
-class BeamError(Exception):
-    """Input beam.py cannot decode; the message names the prompt or file and the fix."""
 
 
 # --- the search -----------------------------------------------------------------------------------------
@@ -104,6 +113,8 @@ def is_done(pool: list[Hyp], bound: float, cfg: BeamConfig) -> bool:
 
 
 def check_lengths(prompts: list[list[int]], P: int, cfg: BeamConfig, n_positions: int) -> None:
+    if not prompts:
+        raise BeamError("no prompts to decode (an empty file, or --limit 0?).")
     for i, p in enumerate(prompts, 1):
         if not p:
             raise BeamError(f"prompt {i} is empty. Give every prompt at least one token.")
@@ -162,9 +173,9 @@ def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: 
             # The K beams of a prompt hold the same prefix + prompt keys, so only the generated slots of the
             # beams that changed need moving, in place (transformers copies every slot of every beam).
             moved = (beam_idx != torch.arange(b * K, device=dev)).nonzero()[:, 0]  # (m,)
-            for pk, pv in cache:                                              # (b·K, H, S, D)
-                for c in (pk, pv):
-                    c[moved, :, P + T:] = c[:, :, P + T:].index_select(0, beam_idx[moved])
+            for c in (c for pair in cache for c in pair):                     # (b·K, H, S, D)
+                gen = c[:, :, P + T:]                                         # (b·K, H, t+1, D) a view
+                gen.index_copy_(0, moved, gen.index_select(0, beam_idx[moved]))
         else:  # the first step fans each prompt out to K beams; finished prompts leave
             cache = [(pk[beam_idx], pv[beam_idx]) for pk, pv in cache]        # (b'·K, H, S, D)
         out = model(tok, past_kv=cache, attention_mask=mask, use_cache=True, last_only=True)
@@ -183,12 +194,9 @@ def e2e_text(tok: tiktoken.Encoding, tokens: list[int]) -> str:
 # --- command line ---------------------------------------------------------------------------------------
 
 def parse_prefix(spec: str) -> tuple[str, float]:
-    """"FILE[:WEIGHT]" -> (FILE, WEIGHT), weight 1 when absent."""
-    path, _, weight = spec.rpartition(":")
-    try:
-        return (path, float(weight)) if path else (spec, 1.0)
-    except ValueError:
-        return spec, 1.0
+    """"FILE[:WEIGHT]" -> (FILE, WEIGHT); weight 1 when absent."""
+    m = re.fullmatch(r"(.+):([-+]?[\d.]+(?:[eE][-+]?\d+)?)", spec)
+    return (m[1], float(m[2])) if m else (spec, 1.0)
 
 
 def load_decoder(ckpt: str, prefixes: list[str], dtype: torch.dtype, device: str,
@@ -200,16 +208,18 @@ def load_decoder(ckpt: str, prefixes: list[str], dtype: torch.dtype, device: str
     if run.is_file():
         try:
             args = json.loads(run.read_text())
-            if args["tuner"] == "prefix":
-                base, own = args["init_from"], [str(Path(ckpt) / prefix.PREFIX_FILE)]
+            tuner, init_from = args["tuner"], args["init_from"]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{run}: unreadable or without 'tuner'/'init_from' ({e!r}). Was it written "
                                   f"by train.py?") from None
+        if tuner not in ("prefix", "fine"):
+            raise CheckpointError(f"{run}: tuner={tuner!r}, expected 'prefix' or 'fine'.")
+        if tuner == "prefix":
+            base, own = init_from, [str(Path(ckpt) / prefix.PREFIX_FILE)]
     folder = resolve(base)
     model = GPT.from_pretrained(folder, dtype).to(device)
     weighted = [(prefix.load(path, model, allow_other_base), w) for path, w in map(parse_prefix, prefixes or own)]
-    past = prefix.mix(weighted) if len(weighted) > 1 or (weighted and weighted[0][1] != 1.0) else \
-        (weighted[0][0] if weighted else None)
+    past = prefix.mix(weighted) if weighted else None  # one prefix of weight 1 mixes to itself
     return model, past, load_tokenizer(folder)
 
 
@@ -280,8 +290,10 @@ def decode(args: argparse.Namespace) -> None:
         sources = read_prompts(args.prompts)[:args.limit]
         prompts = [tok.encode(line, allowed_special="all") for line in sources]
     es = {"false": False, "true": True, "never": "never"}[args.early_stopping]
-    cfg = BeamConfig(args.beams, args.max_new_tokens, args.min_new_tokens, args.length_penalty, es,
-                     args.no_repeat_ngram_size, tuple(args.ban if args.ban is not None else E2E_BANNED if e2e else ()))
+    banned = args.ban if args.ban is not None else E2E_BANNED if e2e else ()
+    cfg = BeamConfig(beams=args.beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+                     length_penalty=args.length_penalty, early_stopping=es,
+                     no_repeat_ngram_size=args.no_repeat_ngram_size, banned=tuple(banned))
     P = 0 if past is None else past[0][0].size(2)
     check_lengths(prompts, P, cfg, model.config.n_positions)  # fail before hours of decoding, not after
     # Similar lengths share a batch (less padding); a prompt decodes the same in any batch, so order is free.

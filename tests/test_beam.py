@@ -191,6 +191,7 @@ def test_cli_bad_inputs(tiny_ckpt, tmp_path, capsys):
                                    "n_layer=3"),
         "empty prompts file": (base + ["--prompts", str(tmp_path / "empty.txt")], "empty"),
         "prompt too long": (base + ["--prompts", str(prompts), "--max-new-tokens", "200"], "context"),
+        "no beams": (base + ["--prompts", str(prompts), "--beams", "0"], "beams=0"),
     }
     for name, (argv, says) in cases.items():
         with pytest.raises(SystemExit) as e:
