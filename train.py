@@ -152,7 +152,7 @@ def write_tokenizer_files(src: Path | None, dst: Path) -> bool:
             have = src is not None and (src / name).is_file()
             data = (src / name).read_bytes() if have else tiktoken.load.read_file_cached(url + remote, sha)
             atomic_write(dst / name, lambda tmp: tmp.write_bytes(data))
-    except Exception:  # offline without the cache: an absent tokenizer is recorded in args.json, not fatal
+    except Exception:  # offline without a cache: not fatal here, the caller says what is missing
         return False
     return True
 
@@ -291,8 +291,11 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         rows = log_path.read_text().splitlines() if cfg.resume and log_path.is_file() else []
         kept = "".join(r + "\n" for r in rows if json.loads(r)["step"] <= start)
         atomic_write(log_path, lambda tmp: tmp.write_text(kept))
-        atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(
-            {**asdict(cfg), "base": str(base), "world_size": world}, indent=2)))
+        # beam.py loads init_from: a random base is the folder it was saved to, a local folder its absolute path
+        local = cfg.init_from.startswith("random:") or Path(cfg.init_from).exists()
+        run = {**asdict(cfg), "init_from": str(base.resolve()) if local else cfg.init_from,
+               "init_from_arg": cfg.init_from, "world_size": world}
+        atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)))
     say(f"{len(train_ex):,} training pairs, {cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, "
         f"lr {cfg.lr:g}" + (f", resuming at step {start}" if start else ""))
     t0 = t_log = time.time()

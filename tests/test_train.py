@@ -55,7 +55,7 @@ def test_prefix_file_is_small_and_loads(tiny_ckpt, tmp_path):
     past_kv = prefix.load(tmp_path, GPT.from_pretrained(tiny_ckpt))
     assert len(past_kv) == 2 and past_kv[0][0].shape == (1, 4, 5, 8)  # (1, H, P, D)
     saved = json.loads((tmp_path / "args.json").read_text())
-    assert (saved["tuner"], saved["init_from"], saved["lr"]) == ("prefix", str(tiny_ckpt), 8e-5)
+    assert (saved["tuner"], saved["init_from"], saved["lr"]) == ("prefix", str(tiny_ckpt.resolve()), 8e-5)
 
 
 def test_sigterm_then_resume_matches_uninterrupted_run(tiny_ckpt, tmp_path):
