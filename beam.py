@@ -1,4 +1,4 @@
-"""Beam search over a frozen GPT-2 with a prefix (Li & Liang 2021, §5.3: E2E is decoded with beam size 5).
+"""Beam search over a frozen GPT-2 with a prefix (Li & Liang 2021, "Experimental Setup": E2E is decoded by beam, K=5).
 
 Many prompts × K beams run in one forward per step. Each prompt is read once; its KV cache is fanned out to
 K beams at the first step, grows one token a step and is reordered by indexing rows (`beam_idx`), never
@@ -257,19 +257,21 @@ def main(argv: list[str] | None = None) -> None:
     src.add_argument("--prompts", help="UTF-8 text file, one prompt a line, encoded as is")
     src.add_argument("--data-dir", help="E2E folder: prompts are its unique MRs, the recipe's encoding and defaults")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="with --data-dir")
-    p.add_argument("--out", required=True, help="JSONL, one object per prompt; with --data-dir also OUT.txt (one "
-                                                "line per MR, for python -m eval) and OUT.refs.txt")
+    p.add_argument("--out", required=True, help="JSONL, one object per prompt; with --data-dir also OUT's .txt "
+                                                "(one line per MR, for python -m eval) and .refs.txt beside it")
     p.add_argument("--beams", type=int, default=BeamConfig.beams, help="K; 1 is greedy")
-    p.add_argument("--max-new-tokens", type=int, default=BeamConfig.max_new_tokens)
-    p.add_argument("--min-new-tokens", type=int, default=BeamConfig.min_new_tokens)
-    p.add_argument("--length-penalty", type=float, default=BeamConfig.length_penalty)
-    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false")
+    p.add_argument("--max-new-tokens", type=int, default=BeamConfig.max_new_tokens, help="tokens generated at most")
+    p.add_argument("--min-new-tokens", type=int, default=BeamConfig.min_new_tokens, help="EOS banned before")
+    p.add_argument("--length-penalty", type=float, default=BeamConfig.length_penalty,
+                   help="finished score = sum log p / generated length ** this")
+    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+                   help="as transformers: true stops a prompt at K finished beams")
     p.add_argument("--no-repeat-ngram-size", type=int, default=BeamConfig.no_repeat_ngram_size, help="0 = off")
-    p.add_argument("--ban", type=int, nargs="*", help="token ids never generated [default: 198 628 with "
-                                                      "--data-dir (RECIPE.md §4), none with --prompts]")
+    p.add_argument("--ban", type=int, nargs="*", help="token ids never generated; None: 198 628 with --data-dir "
+                                                      "(RECIPE.md §4), none with --prompts")
     p.add_argument("--batch-size", type=int, default=10, help="prompts per forward, each with K beams")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
     p.add_argument("--limit", type=int, help="only the first N prompts (MRs), for smoke runs")
     args = p.parse_args(argv)
     try:

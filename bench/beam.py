@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-len", type=int, default=26, help="shortest prompt, tokens")
     p.add_argument("--max-len", type=int, default=48, help="longest prompt, tokens")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, for both")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs of each, interleaved (a loaded machine drifts); the best is reported")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="timed runs of each, interleaved (a loaded machine drifts); the best is reported")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -66,7 +66,8 @@ def reference(ref, prompts, cfg, past=None, past_mask=None):
     results = []
     for i in range(B):
         gen = out.sequences[i, T:].tolist()
-        results.append((gen[:gen.index(cfg.eos)] if cfg.eos in gen else gen, None if scores is None else scores[i].item()))
+        gen = gen[:gen.index(cfg.eos)] if cfg.eos in gen else gen
+        results.append((gen, None if scores is None else scores[i].item()))
     return results
 
 
