@@ -160,7 +160,7 @@ def test_cli_split(tiny_ckpt, tmp_path):
 
 
 def test_cli_run_dirs(tiny_ckpt, tmp_path):
-    """A train.py out dir: prefix runs decode base + prefix.safetensors, fine runs their own weights."""
+    """A train.py out dir: prefix runs decode base + prefix.safetensors, fine runs their own weights; --prefix mixes."""
     model, tok = GPT.from_pretrained(tiny_ckpt), load_tokenizer(tiny_ckpt)
     past = past_for(model, 4, seed=3)
     run = tmp_path / "prefix_run"
@@ -169,13 +169,18 @@ def test_cli_run_dirs(tiny_ckpt, tmp_path):
     fine = tmp_path / "fine_run"
     shutil.copytree(tiny_ckpt, fine)
     (fine / "args.json").write_text(json.dumps({"tuner": "fine", "init_from": str(tiny_ckpt)}))
+    other = past_for(model, 4, seed=4)
+    prefix.save(tmp_path / "other.safetensors", other, model, "direct")
     (tmp_path / "p.txt").write_text("Hello world\n")
     cfg = BeamConfig(beams=2, max_new_tokens=4)
-    for ckpt, expected in [(run, beam_search(model, [tok.encode("Hello world")], cfg, past)),
-                           (fine, beam_search(model, [tok.encode("Hello world")], cfg))]:
-        main(["--ckpt", str(ckpt), "--prompts", str(tmp_path / "p.txt"), "--beams", "2", "--max-new-tokens", "4",
+    mixed = prefix.mix([(past, 0.25), (other, 0.75)])
+    cases = [([str(run)], past), ([str(fine)], None),
+             ([str(run), "--prefix", f"{run}:0.25", "--prefix", f"{tmp_path / 'other.safetensors'}:0.75"], mixed)]
+    for ckpt, expected in cases:
+        main(["--ckpt", *ckpt, "--prompts", str(tmp_path / "p.txt"), "--beams", "2", "--max-new-tokens", "4",
               "--out", str(tmp_path / "o.jsonl")])
-        assert read_jsonl(tmp_path / "o.jsonl")[0]["tokens"] == expected[0].tokens
+        want, = beam_search(model, [tok.encode("Hello world")], cfg, expected)
+        assert read_jsonl(tmp_path / "o.jsonl")[0]["tokens"] == want.tokens
 
 
 def test_cli_bad_inputs(tiny_ckpt, tmp_path, capsys):
