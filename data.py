@@ -1,4 +1,4 @@
-"""E2E table-to-text data as the paper trains on it (Li & Liang 2021, "Experimental Setup" and App. A.1).
+"""E2E table-to-text data as the paper trains on it (Li & Liang 2021, §5 "Experimental Setup", App. A.1).
 
 Reads (source, target) pairs, writes them in the authors' template and batches them for train.py; beam.py
 uses the same prompt and the same grouping of references by source.

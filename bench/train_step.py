@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
 
         logging.set_verbosity_error()  # the figures, not transformers' progress bars and notices
         logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
         torch.manual_seed(0)
         GPT2LMHeadModel(GPT2Config(**GPT2)).save_pretrained(tmp)  # the hub's layout, random weights
