@@ -32,6 +32,7 @@ from model import IGNORE, GPT, CheckpointError, GPTConfig, atomic_write, load_to
 LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
 RANDOM = {"tiny": dict(n_layer=2, n_head=4, n_embd=32), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
           "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # tiktoken's source, name and sha256:
 GPT2_FILES = {"vocab.json": ("encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
               "merges.txt": ("vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")}
 SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops")  # may change on resume
@@ -146,11 +147,10 @@ def load_base(cfg: TrainConfig, out: Path, rank: int) -> tuple[GPT, Path]:
 def write_tokenizer_files(src: Path | None, dst: Path) -> bool:
     """vocab.json + merges.txt beside a model: copied from the base, else tiktoken's cached GPT-2 files (the same
     bytes under other names). False when neither exists; the model then loads with tiktoken's gpt2."""
-    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
     try:
         for name, (remote, sha) in GPT2_FILES.items():
             have = src is not None and (src / name).is_file()
-            data = (src / name).read_bytes() if have else tiktoken.load.read_file_cached(url + remote, sha)
+            data = (src / name).read_bytes() if have else tiktoken.load.read_file_cached(GPT2_URL + remote, sha)
             atomic_write(dst / name, lambda tmp: tmp.write_bytes(data))
     except Exception:  # offline without a cache: not fatal here, the caller says what is missing
         return False
@@ -163,8 +163,7 @@ def save_state(out: Path, step: int, params: dict[str, torch.nn.Parameter], opt:
     state.json is written last and names the tensors file, so a crash mid-save leaves the previous one valid."""
     folder = out / "resume"
     folder.mkdir(parents=True, exist_ok=True)
-    names = list(params)
-    tensors = {f"param/{n}": p.detach() for n, p in params.items()}
+    names, tensors = list(params), {f"param/{n}": p.detach() for n, p in params.items()}
     tensors |= {f"opt/{names[i]}/{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
     tensors["rng/cpu"] = torch.get_rng_state()
     file = f"step{step}.safetensors"
@@ -181,8 +180,7 @@ def load_state(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.opti
     path = out / "resume" / "state.json"
     if not path.is_file():
         raise TrainError(f"--resume: {path} not found; no checkpoint to continue from. Drop --resume to start anew.")
-    state = json.loads(path.read_text())
-    now = asdict(cfg)
+    state, now = json.loads(path.read_text()), asdict(cfg)
     changed = [k for k, v in state["config"].items() if k not in SAME_RUN and now.get(k) != v]
     if changed:
         raise TrainError(f"--resume: {path} was written with other arguments: " + ", ".join(
@@ -379,9 +377,7 @@ def finish(cfg: TrainConfig, out: Path, model: GPT, base: Path, module: torch.nn
             print(f"note: no vocab.json/merges.txt for {base}; {out} loads with tiktoken's gpt2 encoding")
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # headless, it falls back to the Agg backend by itself
     except ImportError:
         print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
         return
