@@ -133,7 +133,7 @@ class Block(nn.Module):
 
 
 class GPTOutput(NamedTuple):
-    logits: torch.Tensor                # (B, T, V), or (B, 1, V) with last_only
+    logits: torch.Tensor                # (B, T, V); (B, 1, V) with last_only; (N, V) at the N targets
     loss: torch.Tensor | None           # mean cross-entropy over targets != IGNORE
     present_kv: PastKV | None           # with use_cache: per layer (k, v), each (B, H, S, D)
 
@@ -202,10 +202,15 @@ class GPT(nn.Module):
             x, present = block(x, None if past_kv is None else past_kv[i], attn_mask)
             present_kv.append(present)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x[:, -1:] if last_only else x)                  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        if targets is None:
+            return GPTOutput(self.lm_head(x[:, -1:] if last_only else x), None,  # (B, T, V)
+                             present_kv if use_cache else None)
+        # Only positions with a target need logits. The head (C × V) is the widest matmul, and an E2E
+        # example's source half has no target (the loss covers the table's text only), so this skips
+        # about half of the head's work and memory in training.
+        keep = targets != IGNORE                                                # (B, T)
+        logits = self.lm_head(x[keep])                                          # (N, V)
+        loss = F.cross_entropy(logits.float(), targets[keep])
         return GPTOutput(logits, loss, present_kv if use_cache else None)
 
     @classmethod
@@ -352,7 +357,12 @@ def load_tokenizer(folder: str | Path | None = None) -> tiktoken.Encoding:
     """GPT-2's BPE as a tiktoken Encoding: from the checkpoint's vocab.json + merges.txt, else tiktoken's gpt2."""
     vocab, merges = (Path(folder) / "vocab.json", Path(folder) / "merges.txt") if folder else (None, None)
     if vocab is None or not (vocab.is_file() and merges.is_file()):
-        return tiktoken.get_encoding("gpt2")
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline with an empty tiktoken cache: requests' errors, or a bad cache
+            raise CheckpointError(f"{folder or 'no folder'}: no vocab.json + merges.txt, and tiktoken could not get "
+                                  f"'gpt2' ({type(e).__name__}). Put GPT-2's vocab.json and merges.txt in the "
+                                  f"checkpoint folder, or set TIKTOKEN_CACHE_DIR to a cache that has them.") from None
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     ranks = {bytes(byte_of[ch] for ch in tok): i for tok, i in json.loads(vocab.read_text()).items()
              if tok != "<|endoftext|>"}

@@ -257,3 +257,25 @@ def test_save_pretrained_loads_in_transformers(tiny_ckpt, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(idx).logits, ref(idx).logits, atol=ATOL, rtol=0)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_logits_at_targets_are_the_full_logits_there(tiny_ckpt):
+    ours = GPT.from_pretrained(tiny_ckpt)
+    idx = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(9))
+    targets = idx.roll(-1, dims=1)
+    targets[0, :5] = targets[1, :2] = targets[:, -1] = -100
+    with torch.no_grad():
+        out, full = ours(idx, targets=targets), ours(idx).logits
+    torch.testing.assert_close(out.logits, full[targets != -100], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(full.flatten(0, 1), targets.flatten()),
+                               atol=1e-5, rtol=0)
+
+
+def test_tokenizer_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(CheckpointError, match="TIKTOKEN_CACHE_DIR"):
+        load_tokenizer(tmp_path)
