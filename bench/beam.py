@@ -9,6 +9,7 @@ EOS until the last step, so neither search can stop early and the work is equal.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"transformers  {t_hf:7.2f} s  {n / t_hf:7.1f} output tokens/s   ({cpu_hf:.2f} CPU s)")
     print(f"ratio         {t_hf / t_ours:7.2f}x   (CPU time {cpu_hf / cpu_ours:.2f}x)   "
           f"identical outputs: {same}/{args.prompts}")
+    print("RESULT " + json.dumps(dict(bench="beam search", what=f"output tokens/s, {args.prompts} prompts, K={args.beams}, "
+                                      f"{args.new_tokens} new tokens, gpt2 shape, CPU fp32", ours=n / t_ours,
+                                      reference=n / t_hf, ref_name="transformers generate", ratio=t_hf / t_ours,
+                                      target=">= 2x")))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
                 mfu = B * T / t * flops_per_token(cfg, S, tuner) / (args.peak_gflops * 1e9)
                 print(f"  {tuner:6s} {who:24s} {t * 1e3:8.0f} ms/step {B * T / t:8.0f} tok/s  MFU {mfu:6.1%}")
             print(f"  {tuner:6s} speed-up ours vs {name}: {t_theirs / t_ours:.2f}x")
+            print("RESULT " + json.dumps(dict(bench=f"{tuner} train step", what=f"tok/s, gpt2 shape, B={B}, T={T}, CPU fp32",
+                                              ours=B * T / t_ours, reference=B * T / t_theirs, ref_name=name,
+                                              ratio=t_theirs / t_ours, target=">= 1.5x" if tuner == "prefix" else ">= 1.2x")))
     mem = {t: json.loads(subprocess.run([sys.executable, __file__, "--memory", t, "--threads", str(args.threads)],
                                         capture_output=True, text=True, check=True).stdout) for t in ("prefix", "fine")}
     print("gpt2-medium shape, one step, peak RSS of its own process (VmHWM; after building the model in brackets):")
@@ -190,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {t:6s} {m['peak_gib']:6.2f} GiB  (model {m['model_gib']:.2f} GiB, step adds {m['peak_gib'] - m['model_gib']:.2f})")
     print(f"  prefix / fine peak: {mem['prefix']['peak_gib'] / mem['fine']['peak_gib']:.2f}x; "
           f"above the model: {(mem['prefix']['peak_gib'] - mem['prefix']['model_gib']) / (mem['fine']['peak_gib'] - mem['fine']['model_gib']):.2f}x")
+    print("RESULT " + json.dumps(dict(bench="train step memory", what="peak RSS GiB, gpt2-medium shape (ratio: prefix / fine)",
+                                      ours=mem["prefix"]["peak_gib"], reference=mem["fine"]["peak_gib"],
+                                      ref_name="our fine-tune step", ratio=mem["prefix"]["peak_gib"] / mem["fine"]["peak_gib"],
+                                      target="<= 0.5x")))
 
 
 def matmul_gflops() -> float:

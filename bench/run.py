@@ -1,0 +1,61 @@
+"""Run every benchmark, each side by side with its reference, and print one markdown table of the ratios.
+
+Each benchmark is its own script (bench/load.py, train_step.py, beam.py, eval.py) and prints its full output,
+then `RESULT {json}` lines that this script gathers. The README's performance table is this script's output.
+    python bench/run.py                                  # all but eval (eval needs the official scorer)
+    python bench/run.py --official /path/to/e2e-metrics --official-python /path/to/python
+    python bench/run.py --only load beam
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHES = ("load", "train_step", "beam", "eval")
+
+
+def run_bench(name: str, extra: list[str]) -> list[dict]:
+    """Run bench/NAME.py, echo its output, return its RESULT rows."""
+    print(f"\n$ python bench/{name}.py {' '.join(extra)}", flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *extra], cwd=ROOT,
+                          capture_output=True, text=True)
+    print(proc.stdout, end="")
+    if proc.returncode != 0:
+        print(f"bench/{name}.py failed:\n{proc.stderr[-2000:]}")
+        return []
+    return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| benchmark | measure | ours | reference | ratio | target |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['bench']} | {r['what']} | {r['ours']:.3g} | {r['reference']:.3g} ({r['ref_name']}) | "
+                     f"**{r['ratio']:.2f}x** | {r['target']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=BENCHES, default=None, help="run these benchmarks only")
+    p.add_argument("--official", help="e2e-metrics checkout, for the eval benchmark (skipped without it)")
+    p.add_argument("--official-python", default=sys.executable, help="python with the official scorer's deps")
+    args = p.parse_args(argv)
+    chosen = args.only or [b for b in BENCHES if b != "eval" or args.official]
+    extra = {"eval": ["--official", str(args.official), "--official-python", args.official_python]}
+    rows = [r for name in chosen for r in run_bench(name, extra.get(name, []))]
+    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+          f"{torch.__version__}; ratio = reference time / ours (higher is better) unless the measure says otherwise\n")
+    print(table(rows))
+    if "eval" not in chosen:
+        print("\n(eval skipped: pass --official /path/to/e2e-metrics; see bench/eval.py's header)")
+
+
+if __name__ == "__main__":
+    main()
