@@ -102,14 +102,15 @@ def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[st
     facts_path = out / "facts.json"
     if not facts_path.is_file():
         seconds, rss = run([py, "train.py", "--tuner", tuner, "--init-from", a.model, "--data-dir", str(a.data_dir),
-                            "--out-dir", str(out), *train_flags], out / "train.log")
+                            "--out-dir", str(out), "--train-split", a.train_split, *train_flags], out / "train.log")
         facts = dict(train_s=seconds, s_per_epoch=seconds / epochs_done(json.loads((out / "args.json").read_text())),
                      peak_rss_mib=rss)
         facts_path.write_text(json.dumps(facts))
     facts = json.loads(facts_path.read_text())
     if not (out / "test.txt").is_file():
         run([py, "beam.py", "--ckpt", str(out), "--data-dir", str(a.data_dir), "--split", "test",
-             "--out", str(out / "test.jsonl"), *decode_flags], out / "beam.log")
+             "--out", str(out / "test.jsonl"), *(["--limit", str(a.limit)] if a.limit else []), *decode_flags],
+            out / "beam.log")
     if not (out / "scores.json").is_file():
         scores = subprocess.run([py, "-m", "eval", str(out / "test.refs.txt"), str(out / "test.txt"),
                                  "--json"], cwd=ROOT, capture_output=True, text=True)
@@ -198,10 +199,9 @@ def prefix_length(a: argparse.Namespace) -> None:
 
 def smoke(a: argparse.Namespace) -> None:
     """Every step of `paper` on a random tiny GPT-2, dev as train (no train set offline): a pipeline check."""
-    train = ["--train-split", "dev", "--valid-split", "test", "--valid-limit", "50", "--max-steps", str(a.steps),
-             "--log-every", "20", "--eval-every", "0"]
-    decode = ["--limit", str(a.limit), "--max-new-tokens", "40"]
-    rows = [one_run(f"smoke-{t}", t, train, decode, a) for t in ("prefix", "fine")]
+    train = ["--valid-split", "test", "--valid-limit", "50", "--max-steps", str(a.steps), "--log-every", "20",
+             "--eval-every", "0"]
+    rows = [one_run(f"smoke-{t}", t, train, ["--max-new-tokens", "40"], a) for t in ("prefix", "fine")]
     write_results("smoke", rows, table(rows, f"SMOKE RUN ONLY: random-weight {a.model}, {a.steps} steps, "
                                              f"{a.limit} test MRs. Checks the pipeline; says nothing of quality"), a)
 
@@ -218,11 +218,13 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--work", default=work, help="one folder per run: weights, logs, outputs, scores")
         s.add_argument("--seeds", type=int, nargs="+", default=[101], help="training seeds")
         s.add_argument("--results", default=str(ROOT / "results"), help="where the tables and plots go")
+        s.add_argument("--train-split", default="dev" if name == "smoke" else "train", help="split to train on")
+        s.add_argument("--limit", type=int, default=20 if name == "smoke" else 0,
+                       help="decode and score only the first N test MRs (0: all 630)")
     sub.choices["lowdata"].add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500])
     sub.choices["lowdata"].add_argument("--subsets", type=int, default=5, help="random subsets per size")
     sub.choices["prefix-length"].add_argument("--lengths", type=int, nargs="+", default=[1, 5, 10, 20, 40])
     sub.choices["smoke"].add_argument("--steps", type=int, default=60)
-    sub.choices["smoke"].add_argument("--limit", type=int, default=20, help="test MRs decoded and scored")
     a = p.parse_args(argv)
     a.data_dir, a.work, a.results = (Path(x).resolve() for x in (a.data_dir, a.work, a.results))  # the steps run from the repo root
     try:
