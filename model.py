@@ -64,6 +64,9 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
+# Named shapes, for random-weight models (offline smoke runs, tests, benchmarks); the hub has the real ones.
+SHAPES = {"tiny": dict(n_layer=2, n_head=4, n_embd=32), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+          "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
 # GPT-2's "gelu_new" is the tanh approximation; an exact GELU here would drift from the checkpoints.
 GELU_APPROX = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -166,22 +169,21 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         if not self.lm_head.weight.is_meta:  # on the meta device (loading) there is nothing to initialise
-            self.apply(self._init_weights)
+            self.init_weights()
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:  # GPT-2 reads its output logits off the input embedding
             self.lm_head.weight = self.transformer.wte.weight
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2's own init, for random models (tests, smoke runs); checkpoints overwrite it."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = 0.02 / math.sqrt(2 * self.config.n_layer) if module in self._residual_projections() else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def _residual_projections(self) -> list[nn.Module]:
-        return [m for b in self.transformer.h for m in (b.attn.c_proj, b.mlp.c_proj)]
+    def init_weights(self) -> None:
+        """GPT-2's own init, for random models (tests, smoke runs); checkpoints overwrite it. The projections
+        into the residual stream get std / sqrt(2L), so its variance does not grow with depth."""
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scale = math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=0.02 / scale)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, past_kv: PastKV | None = None, attention_mask: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, use_cache: bool = False, last_only: bool = False) -> GPTOutput:

@@ -27,11 +27,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prefix as pfx
 from data import DataError, collate, epoch_batches, example_ids, read_pairs, subset
-from model import IGNORE, GPT, CheckpointError, GPTConfig, atomic_write, load_tokenizer, resolve, save_pretrained
+from model import (IGNORE, GPT, SHAPES, CheckpointError, GPTConfig, atomic_write, load_tokenizer, resolve,
+                   save_pretrained)
 
 LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
-RANDOM = {"tiny": dict(n_layer=2, n_head=4, n_embd=32), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-          "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # tiktoken's source, name and sha256:
 GPT2_FILES = {"vocab.json": ("encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
               "merges.txt": ("vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")}
@@ -133,9 +132,9 @@ def load_base(cfg: TrainConfig, out: Path, rank: int) -> tuple[GPT, Path]:
     if not cfg.init_from.startswith("random:"):
         folder = resolve(cfg.init_from)
         return GPT.from_pretrained(folder), folder
-    shape = RANDOM.get(cfg.init_from.removeprefix("random:"))
+    shape = SHAPES.get(cfg.init_from.removeprefix("random:"))
     if shape is None:
-        raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in RANDOM]}.")
+        raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in SHAPES]}.")
     torch.manual_seed(cfg.seed)
     model, folder = GPT(GPTConfig(**shape)).eval(), out / "base"
     if rank == 0:
@@ -336,6 +335,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             eta = (now - t0) / (done - start) * (cfg.max_steps - done)
             row = dict(step=done, loss=loss, tok_loss=(stats[0] / stats[1]).item(), lr=lr_at(step, cfg),
                        tok_per_s=tps, elapsed_s=now - t0)
+            if device.type == "cuda":  # the paper's table reports memory; this is the GPU's high-water mark
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             say(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | {tps:,.0f} tok/s | "
                 f"ETA {eta / 60:.1f} min | MFU {mfu:.2%}")
             tokens, t_log = 0, now

@@ -25,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prefix as pfx  # noqa: E402  (ours, from the repository root)
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, SHAPES, GPTConfig  # noqa: E402
 from train import flops_per_token, nll_sum, objective  # noqa: E402
 
-GPT2 = dict(n_layer=12, n_head=12, n_embd=768)
-MEDIUM = dict(n_layer=24, n_head=16, n_embd=1024)
+GPT2, MEDIUM = SHAPES["gpt2"], SHAPES["gpt2-medium"]
 B, T, P, M = 10, 64, 5, 512  # the recipe's batch; E2E-like length; the recipe's prefix
 
 

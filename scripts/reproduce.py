@@ -103,8 +103,9 @@ def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[st
     if not facts_path.is_file():
         seconds, rss = run([py, "train.py", "--tuner", tuner, "--init-from", a.model, "--data-dir", str(a.data_dir),
                             "--out-dir", str(out), "--train-split", a.train_split, *train_flags], out / "train.log")
+        last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
         facts = dict(train_s=seconds, s_per_epoch=seconds / epochs_done(json.loads((out / "args.json").read_text())),
-                     peak_rss_mib=rss)
+                     peak_rss_mib=rss, peak_gpu_gib=last.get("peak_mem_gib"))
         facts_path.write_text(json.dumps(facts))
     facts = json.loads(facts_path.read_text())
     if not (out / "test.txt").is_file():
@@ -123,12 +124,12 @@ def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[st
 
 
 def table(rows: list[dict], title: str, extra: tuple[str, ...] = ()) -> str:
-    head = ["run", *extra, *METRICS, "trained %", "stored %", "s/epoch", "peak RSS MiB"]
+    head = ["run", *extra, *METRICS, "trained %", "stored %", "s/epoch", "peak RSS MiB", "peak GPU GiB"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], *(str(r[e]) for e in extra), *(f"{r[m]:.4f}" for m in METRICS),
                  f"{100 * r['trained_frac']:.2f}", f"{100 * r['stored_frac']:.3f}", f"{r['s_per_epoch']:.0f}",
-                 f"{r['peak_rss_mib']:.0f}"]
+                 f"{r['peak_rss_mib']:.0f}", "-" if r.get("peak_gpu_gib") is None else f"{r['peak_gpu_gib']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -161,7 +161,7 @@ def test_loading_builds_no_random_model(tiny_ckpt, monkeypatch):
     """Lean loading: parameters come straight from the file, the random init never runs."""
     def fail(*a, **k):
         raise AssertionError("random init ran during from_pretrained")
-    monkeypatch.setattr(GPT, "_init_weights", fail)
+    monkeypatch.setattr(GPT, "init_weights", fail)
     model = GPT.from_pretrained(tiny_ckpt)
     assert not any(p.is_meta for p in model.parameters())
     assert model.lm_head.weight is model.transformer.wte.weight
