@@ -22,10 +22,10 @@ from pathlib import Path
 import tiktoken.load
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prefix as pfx
+from resume import load_state, read_state, save_state
 from data import DataError, collate, epoch_batches, example_ids, read_pairs, subset
 from model import (IGNORE, GPT, SHAPES, CheckpointError, GPTConfig, atomic_write, load_tokenizer, resolve,
                    save_pretrained)
@@ -108,7 +108,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def flops_per_token(c: GPTConfig, T: int, tuner: str) -> float:
     """Matmul FLOPs per trained token: forward 2N + attention 4·L·C·T; backward twice the forward when the
-    weights learn (fine), once when only activations need gradients (prefix: GPT-2 is frozen)."""
+    weights learn (fine), once when only activations need gradients (prefix: GPT-2 is frozen). The head counts
+    at every token, as MFU is usually reported; model.py runs it at target tokens only, so on E2E (half the
+    tokens are source) the MFU shown is high by about the head's half share (~15% at the gpt2 shape)."""
     N = c.n_layer * 12 * c.n_embd ** 2 + c.vocab_size * c.n_embd  # blocks + the tied output head
     return (3 if tuner == "fine" else 2) * 2 * N + 3 * 4 * c.n_layer * c.n_embd * T
 
@@ -124,7 +126,7 @@ def objective(nll: torch.Tensor, n_tok: torch.Tensor, n_seq: int | torch.Tensor,
     return nll / n_seq if tuner == "prefix" else nll / n_tok
 
 
-# --- base model, tokenizer files, resume state --------------------------------------------------------------
+# --- base model, tokenizer files, resume --------------------------------------------------------------
 
 def load_base(cfg: TrainConfig, out: Path, rank: int) -> tuple[GPT, Path]:
     """The base GPT-2 and the folder beam.py should load it from. random:X builds one from the seed (every rank
@@ -156,44 +158,18 @@ def write_tokenizer_files(src: Path | None, dst: Path) -> bool:
     return True
 
 
-def save_state(out: Path, step: int, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
-               cfg: TrainConfig) -> None:
-    """Everything --resume needs, safetensors + JSON: trainable weights, AdamW moments, RNG, step and config.
-    state.json is written last and names the tensors file, so a crash mid-save leaves the previous one valid."""
-    folder = out / "resume"
-    folder.mkdir(parents=True, exist_ok=True)
-    names, tensors = list(params), {f"param/{n}": p.detach() for n, p in params.items()}
-    tensors |= {f"opt/{names[i]}/{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
-    tensors["rng/cpu"] = torch.get_rng_state()
-    file = f"step{step}.safetensors"
-    atomic_write(folder / file, lambda tmp: save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
-    state = dict(step=step, file=file, config=asdict(cfg))
-    atomic_write(folder / "state.json", lambda tmp: tmp.write_text(json.dumps(state, indent=2)))
-    for old in folder.glob("step*.safetensors"):
-        if old.name != file:
-            old.unlink()
-
-
-def load_state(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
-    """Restore what save_state wrote; refuse a checkpoint of a run with other arguments. Returns the step."""
-    path = out / "resume" / "state.json"
-    if not path.is_file():
-        raise TrainError(f"--resume: {path} not found; no checkpoint to continue from. Drop --resume to start anew.")
-    state, now = json.loads(path.read_text()), asdict(cfg)
+def resume_from(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+                cfg: TrainConfig) -> int:
+    """--resume: the step to continue from, after refusing a checkpoint written with other arguments."""
+    state, now = read_state(out / "resume"), asdict(cfg)
+    if state is None:
+        raise TrainError(f"--resume: {out / 'resume' / 'state.json'} not found; no checkpoint to continue from. "
+                         f"Drop --resume to start anew.")
     changed = [k for k, v in state["config"].items() if k not in SAME_RUN and now.get(k) != v]
     if changed:
-        raise TrainError(f"--resume: {path} was written with other arguments: " + ", ".join(
+        raise TrainError(f"--resume: {out / 'resume'} was written with other arguments: " + ", ".join(
             f"--{k.replace('_', '-')} {state['config'][k]!r} (now {now.get(k)!r})" for k in changed))
-    tensors = load_file(str(path.parent / state["file"]))
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[f"param/{n}"])
-    sd = opt.state_dict()
-    sd["state"] = {i: {k.split("/")[-1]: v for k, v in tensors.items() if k.startswith(f"opt/{n}/")}
-                   for i, n in enumerate(params) if f"opt/{n}/step" in tensors}
-    opt.load_state_dict(sd)
-    torch.set_rng_state(tensors["rng/cpu"])
-    return state["step"]
+    return load_state(out / "resume", state, params, opt)
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -235,7 +211,7 @@ def build(cfg: TrainConfig, model: GPT, tok, device: torch.device) -> tuple[torc
 
 
 def optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW over the trained parameters only, named in the optimizer's order (for save_state)."""
+    """AdamW over the trained parameters only, named in the optimizer's order (for resume.save_state)."""
     trained = {n: p for n, p in module.named_parameters() if p.requires_grad}
     decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
     rest = {n: p for n, p in trained.items() if n not in decay}
@@ -272,7 +248,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                          f"--grad-accum {cfg.grad_accum} × {world} processes.")
     cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * micro // cfg.grad_accum)
     params, opt = optimizer(module, cfg, device)
-    start = load_state(out, params, opt, cfg) if cfg.resume else 0
+    start = resume_from(out, params, opt, cfg) if cfg.resume else 0
     net = torch.compile(model) if cfg.compile else model
     trainer = module if cfg.tuner == "prefix" else net
     wrapped = DDP(trainer) if world > 1 else trainer  # DDP averages gradients over processes
@@ -347,7 +323,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             with log_path.open("a") as f:  # one whole line per write: a crash loses at most the last row
                 f.write(json.dumps(row) + "\n")
         if rank == 0 and (done % cfg.save_every == 0 or done == cfg.max_steps or stop):
-            save_state(out, done, params, opt, cfg)
+            save_state(out / "resume", done, params, opt, asdict(cfg))
         if stop and done < cfg.max_steps:
             say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
             return

@@ -18,8 +18,10 @@ E2E_DIR = SHARED / "data" / "e2e"
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken-cache"))
 sys.path.insert(0, str(ROOT))
 
-TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=128)
-GPT2 = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+from model import SHAPES  # noqa: E402  (after the path above)
+
+TINY = dict(**SHAPES["tiny"], n_positions=128)
+GPT2 = dict(**SHAPES["gpt2"], n_positions=1024)
 
 
 def make_checkpoint(folder: Path, seed: int = 0, initializer_range: float = 0.02, **shape) -> Path:
