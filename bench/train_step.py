@@ -151,7 +151,7 @@ def peak_rss_gib() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per side (median reported)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per side (median reported)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
     p.add_argument("--peak-gflops", type=float, default=333.0,
                    help="peak fp32 GFLOP/s for MFU (default: 2 cores × 2.6 GHz × 64 FLOP/cycle: two AVX-512 FMAs)")
