@@ -1,9 +1,8 @@
-"""E2E table-to-text data as the paper trains on it (Li & Liang 2021, §5 "Experimental Setup", App. A.1).
-
-Reads (source, target) pairs, writes them in the authors' template and batches them for train.py; beam.py
-uses the same prompt and the same grouping of references by source.
+"""Table-to-text data as the paper trains on it (Li & Liang 2021, §5 "Experimental Setup", App. A.1): E2E,
+WebNLG 2017 and DART in the authors' template, batched for train.py; beam.py and eval/ read the entries.
     pairs = read_pairs("../shared/data/e2e", "dev")          # [(linearized MR, reference), ...]
     idx, targets = example_ids(tok, *pairs[0])                # one training example, targets shifted by one
+    entries = read_entries("../shared/data/webnlg", "test")  # [Entry(source, refs, "seen"), ...]
 """
 from __future__ import annotations
 
@@ -12,13 +11,14 @@ import io
 import json
 import random
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import NamedTuple
 
 import tiktoken
 import torch
 
-from model import IGNORE
-
+IGNORE = -100  # F.cross_entropy's ignore_index: targets of the source and of the padding take no loss
 EOS = "<|endoftext|>"  # GPT-2's only special token, 50256: both the source/target separator and the end
 E2E_URL = "https://github.com/tuetschek/e2e-dataset"
 # Per split, the paper code's file first, then the official CSV, then a user's JSONL. The src1 files win:
@@ -29,11 +29,65 @@ SPLITS = {"train": ("src1_train.txt", "trainset.csv"), "dev": ("src1_valid.txt",
 # CSV keys renamed as in the paper's linearization (RECIPE.md §1); the others are kept as they are.
 KEY_RENAME = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}
 MR_PAIR = re.compile(r"\s*([^\[\],]+?)\s*\[([^\[\]]+)\]\s*(?:,|$)")
+WEBNLG_TEST = "test/testdata_with_lex.xml"  # train/ and dev/ hold one XML file per category and triple count
+# WebNLG's test categories unseen in training, as the official evaluation.py hard-codes them (U; the rest: S)
+WEBNLG_UNSEEN = frozenset({"Artist", "Athlete", "CelestialBody", "MeanOfTransportation", "Politician"})
+DART_FILE = "dart-v1.1.1-full-{split}"  # .json (the authors' format) or .xml, the same entries
 
 
 class DataError(Exception):
-    """A data file is missing or malformed; the message names the file, the line and the fix."""
+    """A data file is missing or malformed; the message names the file, the line or entry, and the fix."""
 
+
+class Entry(NamedTuple):
+    """One input to decode, with every reference its output is scored against."""
+    source: str      # linearized as in training: the prompt is prompt_ids(tok, source)
+    refs: list[str]  # in file order
+    group: str       # WebNLG: "seen" or "unseen" (the scorer's S and U subsets); "" for the others
+
+
+def dataset_of(data_dir: str | Path) -> str:
+    """"dart", "webnlg", "jsonl" or "e2e", from the file data_dir is or the files it holds; anything else is
+    "e2e", whose reader then says which files it expected."""
+    root = Path(data_dir)
+    name = root.name if root.is_file() else ""
+    if name.startswith("dart-") or any(root.glob(DART_FILE.format(split="*"))):
+        return "dart"
+    if name.endswith(".xml") or (root / WEBNLG_TEST).is_file() or any(root.glob("*/*triples/*.xml")):
+        return "webnlg"
+    e2e = any((root / e2e_name).is_file() for names in SPLITS.values() for e2e_name in names)
+    if name.endswith(".jsonl") or (not e2e and any(root.glob("*.jsonl"))):
+        return "jsonl"
+    return "e2e"
+
+
+def read_pairs(data_dir: str | Path, split: str) -> list[tuple[str, str]]:
+    """(source, target) training pairs of a split, in file order. E2E and JSONL strings are stripped (see
+    example_ids); WebNLG and DART ones are the authors' verbatim (RECIPE-DATA2TEXT §2)."""
+    dataset = dataset_of(data_dir)
+    if dataset in ("e2e", "jsonl"):
+        path = split_file(data_dir, split)
+        reader = {".csv": csv_pairs, ".jsonl": jsonl_pairs}.get(path.suffix, src1_pairs)
+        pairs = reader(read_text(path), str(path))
+    else:
+        pairs = []
+        for entry, texts in read_triples(data_dir, dataset, split):
+            pairs += [(entry.source, text) for text in texts if text.strip()]
+    if not pairs:
+        raise DataError(f"{data_dir}: no examples for split {split!r}.")
+    return pairs
+
+
+def read_entries(data_dir: str | Path, split: str) -> list[Entry]:
+    """What beam.py decodes and eval/ scores, in file order. E2E/JSONL: one Entry per unique source
+    (group_refs). WebNLG and DART: one per entry, with every text whatever its comment (the official refs)."""
+    dataset = dataset_of(data_dir)
+    if dataset in ("e2e", "jsonl"):
+        return [Entry(source, refs, "") for source, refs in group_refs(read_pairs(data_dir, split))]
+    return [entry for entry, _ in read_triples(data_dir, dataset, split)]
+
+
+# --- E2E (CSV, the paper code's src1 files) and a user's JSONL
 
 def split_file(data_dir: str | Path, split: str) -> Path:
     """The file holding `split`: a file path itself, a file in data_dir, or the split's known names."""
@@ -49,18 +103,13 @@ def split_file(data_dir: str | Path, split: str) -> Path:
                     f'{{"source": ..., "target": ...}} lines.')
 
 
-def read_pairs(data_dir: str | Path, split: str) -> list[tuple[str, str]]:
-    """(source, target) pairs of a split, both stripped of surrounding whitespace (see example_ids)."""
-    path = split_file(data_dir, split)
+def read_text(path: Path) -> str:
+    """A UTF-8 file with "\\r\\n" made "\\n". Its lines are then cut at "\\n" only: str.splitlines (and read_text)
+    would also cut at a lone "\\r", a form feed, NEL or U+2028, characters of a reference, not line ends."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8").replace("\r\n", "\n")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable ({e}).") from None
-    reader = {".csv": csv_pairs, ".jsonl": jsonl_pairs}.get(path.suffix, src1_pairs)
-    pairs = reader(text, str(path))
-    if not pairs:
-        raise DataError(f"{path}: no examples in this file.")
-    return pairs
 
 
 def checked(source: str, target: str, where: str) -> tuple[str, str]:
@@ -73,7 +122,7 @@ def checked(source: str, target: str, where: str) -> tuple[str, str]:
 def src1_pairs(text: str, path: str) -> list[tuple[str, str]]:
     """The paper code's format: `linearized MR||reference` a line; blank lines are skipped, as there."""
     pairs = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         parts = line.split("||")
@@ -106,7 +155,7 @@ def csv_pairs(text: str, path: str) -> list[tuple[str, str]]:
 def jsonl_pairs(text: str, path: str) -> list[tuple[str, str]]:
     """A user's own task: one {"source": ..., "target": ...} object a line."""
     pairs = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -142,6 +191,79 @@ def group_refs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
+# --- WebNLG 2017 (the challenge's XML) and DART v1.1.1 (JSON or XML): entries of triples
+
+def read_triples(data_dir: str | Path, dataset: str, split: str) -> list[tuple[Entry, list[str]]]:
+    """A split's entries, each with the texts it trains on, in file order. WebNLG train/dev: the folder's
+    XML files in sorted path order, the order of the authors' JSON (data/webnlg/README.md)."""
+    root, dart = Path(data_dir), DART_FILE.format(split=split)
+    if root.is_file():
+        files = [root]
+    elif dataset == "dart":  # the JSON first: the authors' format
+        files = [path for path in (root / f"{dart}.json", root / f"{dart}.xml") if path.is_file()][:1]
+    else:
+        files = [root / WEBNLG_TEST] if split == "test" else sorted((root / split).glob("*/*.xml"))
+    if not files or not files[0].is_file():
+        raise DataError(f"{root}: no {dataset} file for split {split!r} (DART: {dart}.json or .xml; WebNLG: "
+                        f"{WEBNLG_TEST}, or XML files in {split}/*/).")
+    entries = []
+    for path in files:
+        entries += dart_json(path) if path.suffix == ".json" else triples_xml(path, dataset)
+    return entries
+
+
+def triples_xml(path: Path, dataset: str) -> list[tuple[Entry, list[str]]]:
+    """<entry category= eid=>: a <modifiedtripleset> of <mtriple>s | p | o</mtriple>, then <lex comment=>
+    texts. WebNLG trains on those whose comment is "good" (77 of 18,102 train ones are "toFix"), DART on all
+    (its comment is the text's origin), as the authors' code does (RECIPE-DATA2TEXT §2)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise DataError(f"{path}: not readable as XML ({e}).") from None
+    entries = []
+    for n, node in enumerate(root.iter("entry"), 1):
+        triples = [(m.text or "").split(" | ") for m in node.iterfind("modifiedtripleset/mtriple")]
+        lexes = [(lex.text or "", lex.get("comment")) for lex in node.iterfind("lex")]
+        where = f"{path}: entry {node.get('eid', n)}"
+        entry = triples_entry(dataset, triples, [text for text, _ in lexes], node.get("category", ""), where)
+        entries.append((entry, [text for text, comment in lexes if dataset == "dart" or comment == "good"]))
+    return entries
+
+
+def dart_json(path: Path) -> list[tuple[Entry, list[str]]]:
+    """DART's JSON: [{"tripleset": [[s, r, o], ...], "annotations": [{"text": ..., ...}, ...], ...}, ...]."""
+    try:
+        rows = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable as JSON ({e}).") from None
+    entries = []
+    for n, row in enumerate(rows, 1):
+        try:
+            texts = [note["text"] for note in row["annotations"]]
+            entries.append((triples_entry("dart", row["tripleset"], texts, "", f"{path}: entry {n}"), texts))
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{path}: entry {n}: no key {e} or not a list; expected the layout of "
+                            f"{DART_FILE.format(split='dev')}.json.") from None
+    return entries
+
+
+def triples_entry(dataset: str, triples: list[list[str]], texts: list[str], category: str, where: str) -> Entry:
+    """An Entry from triples of three parts and at least one text, its source linearized as the authors'
+    training code does (RECIPE-DATA2TEXT §2; their decoder drops the first test entry's " | ", §3)."""
+    for parts in triples:
+        if len(parts) != 3:
+            raise DataError(f"{where}: triple {parts} has {len(parts)} parts, expected subject | property | object.")
+    if not texts:
+        raise DataError(f"{where}: no references (<lex> elements or annotations); every entry needs one.")
+    if dataset == "dart":  # "s1 : r1 : o1 | s2 : r2 : o2": relations lower-cased, no leading separator
+        return Entry(" | ".join(f"{s} : {r.lower()} : {o}" for s, r, o in triples), texts, "")
+    # " | s1 : p1 : o1 | s2 : p2 : o2": " | " before every triple, the first included; all verbatim
+    source = "".join(f" | {s} : {p} : {o}" for s, p, o in triples)
+    return Entry(source, texts, "unseen" if category in WEBNLG_UNSEEN else "seen")
+
+
+# --- the authors' template, low-data subsets, batches
+
 def prompt_ids(tok: tiktoken.Encoding, source: str) -> list[int]:
     """The recipe's prompt `" " + source + " " + EOS`: it ends (..., 220, 50256), a lone space then EOS."""
     return tok.encode(f" {source} {EOS}", allowed_special={EOS})
@@ -152,9 +274,10 @@ def example_ids(tok: tiktoken.Encoding, source: str, target: str) -> tuple[list[
 
     The template is the authors' (RECIPE.md §1): `" " + source + " " + EOS + " " + target + " " + EOS`, so the
     space tokens beside each EOS are kept (§6.5: we train on what the paper's tokenizer produced, and beam.py
-    prompts with the same ids). read_pairs strips the src1 files' trailing space, so every format ends
-    (..., 220, 50256) with one 220, where the authors' files gave two. The loss covers the target, its space
-    tokens and the final EOS, which teaches the model to stop.
+    prompts with the same ids). read_pairs strips the src1 files' trailing space, so E2E ends (..., 220, 50256)
+    with one 220 where the authors' files gave two; WebNLG and DART strings are theirs verbatim, and so are
+    the ids (a WebNLG source " | s : p : o" makes their two spaces before "|"). The loss covers the target,
+    its space tokens and the final EOS, which teaches the model to stop.
     """
     prompt = prompt_ids(tok, source)
     ids = prompt + tok.encode(f" {target} {EOS}", allowed_special={EOS})
@@ -170,18 +293,16 @@ def subset(pairs: list[tuple[str, str]], limit: int, seed: int) -> list[tuple[st
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, bucket: bool = False) -> list[list[int]]:
-    """One epoch's batches of example indices, shuffled by `seed` (the caller mixes in the epoch).
-
-    Bucketing sorts each window of 50 batches by length before cutting it, so a batch pads little, and then
-    shuffles the batches; the order stays a function of the seed alone, which is what makes --resume exact.
-    """
+    """One epoch's batches of example indices, a function of `seed` alone (the caller mixes in the epoch),
+    which makes --resume exact. `bucket` sorts each window of 50 batches by length, so a batch pads little."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(lengths), generator=g).tolist()
     if bucket:
         window = 50 * batch_size
-        order = [i for w in range(0, len(order), window) for i in sorted(order[w:w + window], key=lengths.__getitem__)]
+        windows = [sorted(order[w:w + window], key=lambda i: lengths[i]) for w in range(0, len(order), window)]
+        order = [i for sorted_window in windows for i in sorted_window]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if bucket:
+    if bucket:  # the batches of sorted windows, shuffled
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return batches
 

@@ -6,18 +6,18 @@ import csv
 import json
 
 import pytest
+import tiktoken
 
 from conftest import E2E_DIR
-from data import (DataError, collate, epoch_batches, example_ids, group_refs, linearize, prompt_ids, read_pairs,
-                  subset)
-from model import IGNORE, load_tokenizer
+from data import (IGNORE, DataError, collate, epoch_batches, example_ids, group_refs, linearize, prompt_ids,
+                  read_entries, read_pairs, subset)
 
 SOURCE = "name : Alimentum | area : city centre"
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer()
+    return tiktoken.get_encoding("gpt2")  # GPT-2's BPE, what load_tokenizer gives without a folder
 
 
 def test_prompt_and_example_exact_ids(tok):
@@ -53,6 +53,17 @@ def test_group_refs_follow_csv_first_appearance(split, csv_name, unique):
 def test_jsonl_split_in_folder(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"source": " a b ", "target": "c"}) + "\n\n")
     assert read_pairs(tmp_path, "train") == [("a b", "c")]
+    assert read_entries(tmp_path, "train") == [("a b", ["c"], "")]
+
+
+def test_lines_end_at_newline_only(tmp_path):
+    # U+2028, NEL and a form feed are characters of a line (str.splitlines would cut there); so is a lone \r.
+    target = "one\u2028two\x85three\x0cfour\rfive"
+    (tmp_path / "x.jsonl").write_bytes((json.dumps({"source": "s", "target": target}, ensure_ascii=False)
+                                        + "\r\n").encode())
+    assert read_pairs(tmp_path / "x.jsonl", "dev") == [("s", target)]
+    (tmp_path / "src1_valid.txt").write_bytes("a\x0cb||c\u2028d \r\ne||f\n".encode())
+    assert read_pairs(tmp_path, "dev") == [("a\x0cb", "c\u2028d"), ("e", "f")]
 
 
 @pytest.mark.parametrize("name,text,message", [
