@@ -5,17 +5,19 @@ K beams at the first step, grows one token a step and is reordered by indexing r
 recomputed. A prefix is a past that every row and beam attends to. The rules are transformers'
 `generate(num_beams=K)`: 2K candidates a step, K finished hypotheses scored
 sum(log p) / generated_length ** length_penalty, and its stopping rule for early_stopping False, True, "never".
+
+examples:
     python beam.py --ckpt out/ --data-dir ../shared/data/e2e --split test --out out/test.jsonl
     python beam.py --ckpt gpt2 --prompts prompts.txt --max-new-tokens 40 --out gen.jsonl
+    python beam.py --ckpt base/ --prefix pos.safetensors:0.7 --prefix neg.safetensors:0.3 --prompts p.txt
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +27,10 @@ import torch.nn.functional as F
 
 import data
 import prefix
-from model import GPT, CheckpointError, PastKV, atomic_write, load_tokenizer, resolve
+from checkpoint import CheckpointError, atomic_write
+from cli import arg, parse
+from model import GPT, PastKV
+from tuner import open_run
 
 E2E_BANNED = (198, 628)  # "\n" and "\n\n": an E2E output is one line (RECIPE.md §4)
 # transformers' clean_up_tokenization_spaces, applied in this order: the authors decode with it (RECIPE.md §4).
@@ -193,41 +198,55 @@ def e2e_text(tok: tiktoken.Encoding, tokens: list[int]) -> str:
 
 # --- command line ---------------------------------------------------------------------------------------
 
+@dataclass
+class DecodeConfig:
+    ckpt: str = arg(MISSING, "a train.py run folder, or a Hugging Face GPT-2 (folder or hub name)")
+    prefix: list[str] | None = arg(None, "prefix file or folder, FILE[:WEIGHT] (default: the run's own); several are "
+                                         "mixed, weights summing to 1", action="append", metavar="FILE[:WEIGHT]")
+    allow_other_base: bool = arg(False, "load a prefix trained on other base weights")
+    prompts: str = arg("", "UTF-8 text file, one prompt a line, encoded as is")
+    data_dir: str = arg("", "a dataset folder (as train.py's): prompts are its unique sources, the recipe's "
+                            "encoding and decoding settings")
+    split: str = arg("test", "with --data-dir: a split name (train, dev, test), a file in it, or a path")
+    out: str = arg("", "JSONL, one object per prompt (default: print one line per prompt); with --data-dir also "
+                       "OUT's .txt (one line per source, for python -m eval) and .refs.txt beside it")
+    beams: int = arg(BeamConfig.beams, "K; 1 is greedy", min=1)
+    max_new_tokens: int = arg(BeamConfig.max_new_tokens, "tokens generated at most", min=1)
+    min_new_tokens: int = arg(BeamConfig.min_new_tokens, "EOS is banned before this many new tokens", min=0)
+    length_penalty: float = arg(BeamConfig.length_penalty, "finished score = sum log p / generated length ** this")
+    early_stopping: str = arg("false", "as transformers: true stops a prompt at K finished beams",
+                              choices=("false", "true", "never"))
+    no_repeat_ngram_size: int = arg(BeamConfig.no_repeat_ngram_size, "no n-gram occurs twice; 0 = off", min=0)
+    ban: list[int] | None = arg(None, "token ids never generated (default: 198 628 with --data-dir, RECIPE.md §4; "
+                                      "none with --prompts)", type=int, nargs="*")
+    batch_size: int = arg(10, "prompts per forward, each with K beams", min=1)
+    device: str = arg("cpu", "cpu, cuda, cuda:1, ...")
+    dtype: str = arg("float32", "model weights", choices=("float32", "bfloat16"))
+    limit: int = arg(0, "only the first N prompts (sources), for smoke runs; 0: all", min=0)
+
+
 def parse_prefix(spec: str) -> tuple[str, float]:
     """"FILE[:WEIGHT]" -> (FILE, WEIGHT); weight 1 when absent."""
     m = re.fullmatch(r"(.+):([-+]?[\d.]+(?:[eE][-+]?\d+)?)", spec)
     return (m[1], float(m[2])) if m else (spec, 1.0)
 
 
-def load_decoder(ckpt: str, prefixes: list[str], dtype: torch.dtype, device: str,
-                 allow_other_base: bool = False) -> tuple[GPT, PastKV | None, tiktoken.Encoding]:
-    """--ckpt is a Hugging Face GPT-2 (folder or hub name) or a train.py out dir, whose args.json names the
-    tuner: "prefix" decodes its base (init_from) with its prefix.safetensors, "fine" its own weights."""
-    base, own = ckpt, []
-    run = Path(ckpt) / "args.json"
-    if run.is_file():
-        try:
-            args = json.loads(run.read_text())
-            tuner, init_from = args["tuner"], args["init_from"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{run}: unreadable or without 'tuner'/'init_from' ({e!r}). Was it written "
-                                  f"by train.py?") from None
-        if tuner not in ("prefix", "fine"):
-            raise CheckpointError(f"{run}: tuner={tuner!r}, expected 'prefix' or 'fine'.")
-        if tuner == "prefix":
-            base, own = init_from, [str(Path(ckpt) / prefix.PREFIX_FILE)]
-    folder = resolve(base)
-    model = GPT.from_pretrained(folder, dtype).to(device)
-    weighted = [(prefix.load(path, model, allow_other_base), w) for path, w in map(parse_prefix, prefixes or own)]
-    past = prefix.mix(weighted) if weighted else None  # one prefix of weight 1 mixes to itself
-    return model, past, load_tokenizer(folder)
+def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encoding]:
+    """The model and its past: the run's own (tuner.open_run), or the --prefix files mixed on its base."""
+    model, past, tok, _ = open_run(cfg.ckpt, getattr(torch, cfg.dtype), cfg.device, cfg.allow_other_base)
+    if cfg.prefix:
+        weighted = [(prefix.load(path, model, cfg.allow_other_base), w) for path, w in map(parse_prefix, cfg.prefix)]
+        past = prefix.mix(weighted)  # one prefix of weight 1 mixes to itself
+    return model, past, tok
 
 
 def read_prompts(path: str) -> list[str]:
+    """One prompt a line, split on "\n" only: a U+2028 or form feed inside a prompt stays in it."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise BeamError(f"{path}: cannot read it ({e}). Give a UTF-8 text file, one prompt a line.") from None
+    lines = [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
     if not lines:
         raise BeamError(f"{path}: empty. Write one prompt a line.")
     for number, line in enumerate(lines, 1):
@@ -248,71 +267,67 @@ def write_lines(path: Path, lines: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="Hugging Face GPT-2 (folder or hub name) or a train.py out dir")
-    p.add_argument("--prefix", action="append", default=[], metavar="FILE[:WEIGHT]",
-                   help="prefix file or folder (default: the run's own); several are mixed, weights summing to 1")
-    p.add_argument("--allow-other-base", action="store_true", help="load a prefix trained on other base weights")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompts", help="UTF-8 text file, one prompt a line, encoded as is")
-    src.add_argument("--data-dir", help="E2E folder: prompts are its unique MRs, the recipe's encoding and defaults")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="with --data-dir")
-    p.add_argument("--out", required=True, help="JSONL, one object per prompt; with --data-dir also OUT's .txt "
-                                                "(one line per MR, for python -m eval) and .refs.txt beside it")
-    p.add_argument("--beams", type=int, default=BeamConfig.beams, help="K; 1 is greedy")
-    p.add_argument("--max-new-tokens", type=int, default=BeamConfig.max_new_tokens, help="tokens generated at most")
-    p.add_argument("--min-new-tokens", type=int, default=BeamConfig.min_new_tokens, help="EOS banned before")
-    p.add_argument("--length-penalty", type=float, default=BeamConfig.length_penalty,
-                   help="finished score = sum log p / generated length ** this")
-    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
-                   help="as transformers: true stops a prompt at K finished beams")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=BeamConfig.no_repeat_ngram_size, help="0 = off")
-    p.add_argument("--ban", type=int, nargs="*", help="token ids never generated; None: 198 628 with --data-dir "
-                                                      "(RECIPE.md §4), none with --prompts")
-    p.add_argument("--batch-size", type=int, default=10, help="prompts per forward, each with K beams")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
-    p.add_argument("--limit", type=int, help="only the first N prompts (MRs), for smoke runs")
-    args = p.parse_args(argv)
     try:
-        decode(args)
+        decode(parse(DecodeConfig, argv, __doc__, BeamError))
     except (CheckpointError, prefix.PrefixError, data.DataError, BeamError) as e:
         sys.exit(f"beam.py: error: {e}")
+    except OSError as e:  # a full disk or an unwritable --out: one line, not a traceback
+        sys.exit(f"beam.py: error: could not write {e.filename or 'the output'} ({e.strerror or e}).")
 
 
-def decode(args: argparse.Namespace) -> None:
-    e2e = args.data_dir is not None
-    model, past, tok = load_decoder(args.ckpt, args.prefix, getattr(torch, args.dtype), args.device,
-                                    args.allow_other_base)
-    if e2e:
-        groups = data.group_refs(data.read_pairs(args.data_dir, args.split))[:args.limit]
+def check_out(out: str, with_side_files: bool) -> Path | None:
+    """Refuse an unusable destination before hours of decoding, not after."""
+    if not out:
+        if with_side_files:
+            raise BeamError("--data-dir needs --out: it writes OUT, OUT's .txt and .refs.txt for python -m eval.")
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise BeamError(f"--out {out}: is a folder; name a file (e.g. {path / 'test.jsonl'}).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def decode(cfg: DecodeConfig) -> None:
+    if bool(cfg.prompts) == bool(cfg.data_dir):
+        raise BeamError("give exactly one of --prompts FILE and --data-dir DIR.")
+    on_data = bool(cfg.data_dir)
+    out = check_out(cfg.out, on_data)
+    model, past, tok = load_decoder(cfg)
+    if on_data:
+        groups = data.group_refs(data.read_pairs(cfg.data_dir, cfg.split))[:cfg.limit or None]
         sources = [source for source, _ in groups]
         prompts = [data.prompt_ids(tok, source) for source in sources]
     else:
-        sources = read_prompts(args.prompts)[:args.limit]
+        sources = read_prompts(cfg.prompts)[:cfg.limit or None]
         prompts = [tok.encode(line, allowed_special="all") for line in sources]
-    es = {"false": False, "true": True, "never": "never"}[args.early_stopping]
-    banned = args.ban if args.ban is not None else E2E_BANNED if e2e else ()
-    cfg = BeamConfig(beams=args.beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-                     length_penalty=args.length_penalty, early_stopping=es,
-                     no_repeat_ngram_size=args.no_repeat_ngram_size, banned=tuple(banned))
+    es = {"false": False, "true": True, "never": "never"}[cfg.early_stopping]
+    banned = cfg.ban if cfg.ban is not None else E2E_BANNED if on_data else ()
+    bad = [b for b in banned if not 0 <= b < model.config.vocab_size or b == tok.eot_token]
+    if bad:
+        raise BeamError(f"--ban {bad}: token ids are 0..{model.config.vocab_size - 1}, and EOS ({tok.eot_token}) "
+                        f"cannot be banned (use --min-new-tokens).")
+    search = BeamConfig(beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                        length_penalty=cfg.length_penalty, early_stopping=es,
+                        no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=tuple(banned))
     P = 0 if past is None else past[0][0].size(2)
-    check_lengths(prompts, P, cfg, model.config.n_positions)  # fail before hours of decoding, not after
+    check_lengths(prompts, P, search, model.config.n_positions)  # fail before hours of decoding, not after
     # Similar lengths share a batch (less padding); a prompt decodes the same in any batch, so order is free.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     hyps: list[Hyp | None] = [None] * len(prompts)
     start = time.time()
-    for first in range(0, len(order), args.batch_size):
-        batch = order[first:first + args.batch_size]
-        for i, hyp in zip(batch, beam_search(model, [prompts[i] for i in batch], cfg, past)):
+    for first in range(0, len(order), cfg.batch_size):
+        batch = order[first:first + cfg.batch_size]
+        for i, hyp in zip(batch, beam_search(model, [prompts[i] for i in batch], search, past)):
             hyps[i] = hyp
         show_progress(first + len(batch), len(order), start)
-    texts = [e2e_text(tok, h.tokens) if e2e else tok.decode(h.tokens) for h in hyps]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    texts = [e2e_text(tok, h.tokens) if on_data else tok.decode(h.tokens) for h in hyps]
+    if out is None:
+        print("\n".join(text.replace("\n", " ") for text in texts))
+        return
     write_lines(out, [json.dumps({"prompt": s, "text": x, "tokens": h.tokens, "score": h.score}, ensure_ascii=False)
                       for s, x, h in zip(sources, texts, hyps)])
-    if e2e:
+    if on_data:
         write_lines(out.with_suffix(".txt"), texts)
         write_lines(out.with_suffix(".refs.txt"), [line for _, refs in groups for line in [*refs, ""]])
 

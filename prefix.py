@@ -7,12 +7,11 @@ training the MLP is run once and thrown away: only the P·2·L·C numbers it pro
     prefix = Prefix(model.config)                    # P=5, M=512, "mlp": the E2E recipe (RECIPE.md §2)
     freeze(model, prefix)                            # only the prefix learns
     loss = model(idx, past_kv=prefix(), targets=targets).loss
-    save("out/", prefix.compile(), model, "mlp")     # out/prefix.safetensors, ~1 MB for gpt2-medium
+    save("out/", prefix.export(), model, "mlp")     # out/prefix.safetensors, ~1 MB for gpt2-medium
     past_kv = load("out/", model)                    # or a PEFT adapter folder; per layer (1, H, P, D)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model import GPT, GPTConfig, PastKV, atomic_write
+from checkpoint import atomic_write, fingerprint
+from model import GPT, GPTConfig, PastKV
 
 PARAMETERIZATIONS = ("mlp", "direct")
 PREFIX_FILE = "prefix.safetensors"
@@ -74,8 +74,8 @@ class Prefix(nn.Module):
         return unflatten(self.dropout(self.flat()), self.n_layer, self.n_head)
 
     @torch.no_grad()
-    def compile(self) -> PastKV:
-        """Pθ, once, detached (§4.3: after training the MLP is dropped). Shadows nn.Module.compile (torch.compile)."""
+    def export(self) -> PastKV:
+        """Pθ, once, detached (§4.3: after training the MLP is dropped): what is saved and decoded with."""
         return [(k.clone(), v.clone()) for k, v in unflatten(self.flat(), self.n_layer, self.n_head)]
 
 
@@ -138,7 +138,7 @@ def shape_of(past_kv: PastKV, source: str = "past_kv", model: GPT | None = None)
     bad = [(i, tuple(t.shape)) for i, pair in enumerate(past_kv) for t in pair if tuple(t.shape) != shape]
     if len(shape) != 4 or shape[0] != 1 or bad:
         raise PrefixError(f"{source}: every key and value must be (1, H, P, D) and alike; layer 0 has {shape}, "
-                          f"mismatches (layer, shape): {bad[:3]}. Pass one task's compiled prefix (Prefix.compile).")
+                          f"mismatches (layer, shape): {bad[:3]}. Pass one task's exported prefix (Prefix.export).")
     L, (_, H, P, D), c = len(past_kv), shape, model.config if model is not None else None
     if c is not None and (L, H, D) != (c.n_layer, c.n_head, c.head_dim):
         raise PrefixError(f"{source}: a prefix for n_layer={L}, n_head={H}, head_dim={D}, but the model has "
@@ -191,19 +191,50 @@ def param_counts(prefix: Prefix, model: nn.Module) -> dict[str, float]:
             "stored": stored, "stored_frac": stored / n_model}
 
 
+# --- prefix-tuning as train.py and beam.py see it (tuner.py says what a tuner is) -------------------------------
+
+class PrefixTuner(nn.Module):
+    """GPT-2 frozen and in eval mode (no dropout, as the authors ran it); only the prefix learns (§4)."""
+    name, weights_learn = "prefix", False
+    per_sequence_loss = True  # RECIPE.md §3: the authors sum each sequence's NLL (objective_mode 1)
+
+    def __init__(self, model: GPT, prefix: Prefix):
+        super().__init__()
+        self.model, self.prefix = model, prefix
+        freeze(model, prefix)
+
+    @classmethod
+    def build(cls, model: GPT, tok: tiktoken.Encoding, prefix_len: int, prefix_mid: int, prefix_param: str,
+              prefix_init: str, seed: int, **_: object) -> PrefixTuner:
+        if prefix_init:  # §7.4: P becomes the init text's token count; the run records that P
+            return cls(model, init_from_text(model, tok, prefix_init, prefix_param, prefix_mid, seed=seed))
+        return cls(model, Prefix(model.config, prefix_len, prefix_param, prefix_mid, seed=seed))
+
+    def train(self, mode: bool = True) -> PrefixTuner:
+        super().train(mode)
+        self.model.eval()  # the frozen base never drops, whatever mode the trained part is in
+        return self
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, past_kv=self.prefix(), targets=targets)
+
+    def settings(self) -> dict:
+        """What this run really trained, for args.json (an init text sets its own P)."""
+        return {"prefix_len": self.prefix.embedding.num_embeddings}
+
+    def counts(self) -> dict[str, float]:
+        return param_counts(self.prefix, self.model)
+
+    def save(self, out: Path) -> Path:
+        return save(out / PREFIX_FILE, self.prefix.export(), self.model, self.prefix.parameterization)
+
+    @staticmethod
+    def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[GPT, PastKV]:
+        """For decoding: the base model with this run's prefix as its past."""
+        return base, load(folder / PREFIX_FILE, base, allow_other_base)
+
+
 # --- files: our prefix.safetensors, and PEFT adapter folders ------------------------------------------------
-
-def fingerprint(model: GPT) -> str:
-    """A cheap identity of a base model: its shape and strided samples of four weights. The samples are rounded to
-    bfloat16, so a checkpoint loaded in float32 or in bfloat16 has one fingerprint."""
-    c, sd = model.config, model.state_dict()
-    h = hashlib.sha256(repr((c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size)).encode())
-    for name in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",
-                 f"transformer.h.{c.n_layer - 1}.mlp.c_proj.weight", "transformer.ln_f.weight"):
-        t = sd[name].detach().flatten()
-        h.update(t[:: max(1, t.numel() // 4096)].to(torch.bfloat16).float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
 
 def save(path: str | Path, past_kv: PastKV, model: GPT, parameterization: str) -> Path:
     """Write the compiled prefix, one (L, 2, H, P, D) float32 tensor, to `path` (a folder gets prefix.safetensors),

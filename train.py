@@ -1,14 +1,19 @@
-"""Prefix-tuning GPT-2 on E2E, and the fine-tuning baseline (Li & Liang 2021, §4 "Prefix-Tuning", §5 "Experimental Setup").
+"""Prefix-tuning GPT-2 on table-to-text, and the baselines (Li & Liang 2021, §4 "Prefix-Tuning", §5 "Experimental Setup").
 
-Prefix-tuning freezes GPT-2 and trains only the prefix (prefix.py); fine-tuning trains every weight. Defaults are the
-paper's E2E recipe (RECIPE.md §3): gpt2-medium, 5 epochs, batch 10, lr 8e-5 (prefix) or 5e-5 (fine), linear decay
-without warmup, clip 1.0, AdamW without weight decay, seed 101, P=5, M=512. The output folder is what beam.py decodes.
+One loop for every tuner (tuner.py): prefix-tuning freezes GPT-2 and trains only the prefix (prefix.py); fine-tuning
+trains every weight. Defaults are the paper's E2E recipe (RECIPE.md §3): gpt2-medium, 5 epochs, batch 10, lr 8e-5
+(prefix) or 5e-5 (fine), linear decay without warmup, clip 1.0, AdamW without weight decay, seed 101, P=5, M=512.
+The output folder is what beam.py decodes.
+
+examples:
     python train.py --tuner prefix --data-dir data/e2e --out-dir out/prefix
-    torchrun --nproc-per-node 2 train.py --tuner prefix ...          # DDP: each process trains on its shard
+    python train.py --tuner prefix --init-from random:tiny --data-dir ../shared/data/e2e --train-split dev \\
+        --valid-split test --valid-limit 100 --max-steps 200 --out-dir out/smoke       # offline CPU smoke run
+    python train.py ... --resume                                   # continue a stopped run, bit-identically on CPU
+    torchrun --nproc-per-node 2 train.py --tuner prefix ...        # DDP: each process trains on its shard
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,64 +21,62 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import tiktoken.load
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import prefix as pfx
-from resume import load_state, read_state, save_state
-from data import DataError, collate, epoch_batches, example_ids, read_pairs, subset
-from model import (IGNORE, GPT, SHAPES, CheckpointError, GPTConfig, atomic_write, load_tokenizer, resolve,
-                   save_pretrained)
+import prefix
+from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained, write_json
+from cli import arg, parse
+from data import IGNORE, DataError, collate, epoch_batches, example_ids, read_pairs, subset
+from model import GPT, SHAPES, GPTConfig, flops_per_token
+from resume import ResumeError, load_state, read_state, save_state
+from tokenizer import load_tokenizer, write_tokenizer_files
+from tuner import TUNERS, nll_sum, objective
 
 LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
-GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # tiktoken's source, name and sha256:
-GPT2_FILES = {"vocab.json": ("encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-              "merges.txt": ("vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")}
-SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops")  # may change on resume
-
-
-def arg(default, help: str, **kw) -> field:
-    return field(default=default, metadata=dict(help=help, **kw))
+SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite")
+LOCK = ".lock"  # an out-dir's owner: one run writes a folder at a time
 
 
 @dataclass
 class TrainConfig:
     tuner: str = arg("prefix", "prefix: train P virtual tokens, GPT-2 frozen; fine: train every weight",
-                     choices=("prefix", "fine"))
-    init_from: str = arg("gpt2-medium", "base model: folder, hub name, or random:tiny|gpt2|gpt2-medium (offline)")
+                     choices=tuple(TUNERS))
+    init_from: str = arg("gpt2-medium", "base model: folder, hub name (hf:owner/name), or random:tiny|gpt2|gpt2-medium")
     data_dir: str = arg("data/e2e", "folder with src1_*.txt, the E2E CSVs or {split}.jsonl, or one data file")
     train_split: str = arg("train", "split (train, dev, test), or a file in --data-dir, or a path")
     valid_split: str = arg("dev", "the same, for the validation loss; '' for none")
-    valid_limit: int = arg(0, "validate on the first N pairs only (0: all)")
-    train_limit: int = arg(0, "low-data setting: train on N pairs drawn with --subset-seed (0: all)")
+    valid_limit: int = arg(0, "validate on the first N pairs only (0: all)", min=0)
+    train_limit: int = arg(0, "low-data setting: train on N pairs drawn with --subset-seed (0: all)", min=0)
     subset_seed: int = arg(0, "which low-data subset")
     out_dir: str = arg("out", "where args.json, log.jsonl, the trained weights and resume/ go")
-    epochs: int = arg(5, "passes over the training set (unless --max-steps)")
-    max_steps: int = arg(0, "optimizer steps; 0: --epochs worth")
-    batch_size: int = arg(10, "sequences per step and process (× --grad-accum × processes per update)")
-    grad_accum: int = arg(1, "micro-batches summed per optimizer step")
-    lr: float | None = arg(None, f"peak learning rate; default {LR['prefix']} prefix, {LR['fine']} fine", type=float)
-    warmup_steps: int = arg(0, "linear warmup steps before the linear decay to 0")
-    weight_decay: float = arg(0.0, "AdamW decoupled weight decay, on matrices only")
-    grad_clip: float = arg(1.0, "max gradient norm (0: off)")
+    overwrite: bool = arg(False, "replace the run already in --out-dir (without it, a used folder is refused)")
+    epochs: int = arg(5, "passes over the training set (unless --max-steps)", min=1)
+    max_steps: int = arg(0, "optimizer steps; 0: --epochs worth", min=0)
+    batch_size: int = arg(10, "sequences per step and process (× --grad-accum × processes per update)", min=1)
+    grad_accum: int = arg(1, "micro-batches summed per optimizer step", min=1)
+    lr: float | None = arg(None, f"peak learning rate; default {LR['prefix']} prefix, {LR['fine']} fine", type=float,
+                           min=0, strict=True)
+    warmup_steps: int = arg(0, "linear warmup steps before the linear decay to 0", min=0)
+    weight_decay: float = arg(0.0, "AdamW decoupled weight decay, on matrices only", min=0)
+    grad_clip: float = arg(1.0, "max gradient norm (0: off)", min=0)
     seed: int = arg(101, "seed of data order, prefix init and random: bases")
-    prefix_len: int = arg(5, "P, virtual tokens per layer")
-    prefix_mid: int = arg(512, "M, hidden width of the prefix MLP (§4.3)")
-    prefix_param: str = arg("mlp", "mlp (the paper's reparameterization) or direct", choices=pfx.PARAMETERIZATIONS)
-    prefix_init: str = arg("", "init the prefix from this text's activations (§7.4; P = its tokens); '': random")
+    prefix_len: int = arg(5, "P, virtual tokens per layer", min=1)
+    prefix_mid: int = arg(512, "M, hidden width of the prefix MLP (§4.3)", min=1)
+    prefix_param: str = arg("mlp", "mlp (the paper's reparameterization) or direct", choices=prefix.PARAMETERIZATIONS)
+    prefix_init: str = arg("", "init the prefix from this text's activations (§7.4; P becomes its token count)")
     bucket: bool = arg(False, "batch similar lengths together (less padding)")
     dtype: str = arg("float32", "float32 (the paper) or bfloat16 autocast", choices=("float32", "bfloat16"))
     compile: bool = arg(False, "torch.compile the model")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N")
-    eval_every: int = arg(5000, "validation loss every N steps (and at the end); 0: only at the end")
-    log_every: int = arg(10, "progress line and log.jsonl row every N steps")
-    save_every: int = arg(1000, "resume checkpoint every N steps")
-    peak_tflops: float = arg(312.0, "peak TFLOP/s that MFU is measured against (312: A100 bf16)")
+    eval_every: int = arg(5000, "validation loss every N steps (and at the end); 0: only at the end", min=0)
+    log_every: int = arg(10, "progress line and log.jsonl row every N steps", min=1)
+    save_every: int = arg(1000, "resume checkpoint every N steps", min=1)
+    peak_tflops: float = arg(312.0, "peak TFLOP/s that MFU is measured against (312: A100 bf16)", min=0, strict=True)
     resume: bool = arg(False, "continue from out-dir/resume/ with the same arguments")
 
 
@@ -82,19 +85,8 @@ class TrainError(Exception):
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(TrainConfig):
-        kw = dict(f.metadata)
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw.setdefault("type", type(f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
-    cfg = TrainConfig(**vars(p.parse_args(argv)))
-    for name in ("epochs", "batch_size", "grad_accum", "log_every", "save_every", "prefix_len", "prefix_mid"):
-        if getattr(cfg, name) < 1:
-            raise TrainError(f"--{name.replace('_', '-')}={getattr(cfg, name)}: must be at least 1.")
-    if cfg.tuner == "fine" and cfg.prefix_init:
+    cfg = parse(TrainConfig, argv, __doc__, TrainError)
+    if cfg.tuner != "prefix" and cfg.prefix_init:
         raise TrainError("--prefix-init only applies to --tuner prefix; fine-tuning starts from the base weights.")
     return replace(cfg, lr=cfg.lr if cfg.lr is not None else LR[cfg.tuner])
 
@@ -106,70 +98,95 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps))
 
 
-def flops_per_token(c: GPTConfig, T: int, tuner: str) -> float:
-    """Matmul FLOPs per trained token: forward 2N + attention 4·L·C·T; backward twice the forward when the
-    weights learn (fine), once when only activations need gradients (prefix: GPT-2 is frozen). The head counts
-    at every token, as MFU is usually reported; model.py runs it at target tokens only, so on E2E (half the
-    tokens are source) the MFU shown is high by about the head's half share (~15% at the gpt2 shape)."""
-    N = c.n_layer * 12 * c.n_embd ** 2 + c.vocab_size * c.n_embd  # blocks + the tied output head
-    return (3 if tuner == "fine" else 2) * 2 * N + 3 * 4 * c.n_layer * c.n_embd * T
+# --- setup: device, base model, the run folder ------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: this torch has no CUDA device ({torch.__version__}). Use --device cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise TrainError(f"--device {name}: {e}") from None
 
 
-def nll_sum(loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed NLL over targets != IGNORE from the model's mean (its loss, computed in fp32 inside forward)."""
-    return loss * (targets != IGNORE).sum()
-
-
-def objective(nll: torch.Tensor, n_tok: torch.Tensor, n_seq: int | torch.Tensor, tuner: str) -> torch.Tensor:
-    # RECIPE.md §3 (§6.4): prefix-tuning sums each sequence's NLL and averages over the batch (objective_mode 1,
-    # the paper's eq. 2 as a sum); fine-tuning averages over target tokens. Under clip 1.0 they differ.
-    return nll / n_seq if tuner == "prefix" else nll / n_tok
-
-
-# --- base model, tokenizer files, resume --------------------------------------------------------------
-
-def load_base(cfg: TrainConfig, out: Path, rank: int) -> tuple[GPT, Path]:
-    """The base GPT-2 and the folder beam.py should load it from. random:X builds one from the seed (every rank
-    builds the same) and rank 0 saves it under out/base in Hugging Face's layout."""
+def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
+    """The base GPT-2 and the folder it came from (None for random:X, built from the seed on every rank alike)."""
     if not cfg.init_from.startswith("random:"):
         folder = resolve(cfg.init_from)
-        return GPT.from_pretrained(folder), folder
+        return from_pretrained(folder), folder
     shape = SHAPES.get(cfg.init_from.removeprefix("random:"))
     if shape is None:
         raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in SHAPES]}.")
     torch.manual_seed(cfg.seed)
-    model, folder = GPT(GPTConfig(**shape)).eval(), out / "base"
-    if rank == 0:
-        save_pretrained(model, folder)
-        write_tokenizer_files(None, folder)
-    return model, folder
+    return GPT(GPTConfig(**shape)).eval(), None
 
 
-def write_tokenizer_files(src: Path | None, dst: Path) -> bool:
-    """vocab.json + merges.txt beside a model: copied from the base, else tiktoken's cached GPT-2 files (the same
-    bytes under other names). False when neither exists; the model then loads with tiktoken's gpt2."""
+def claim_out_dir(out: Path, cfg: TrainConfig, base: Path | None) -> Path:
+    """Create --out-dir and lock it (an exclusive file holding our pid); refuse a folder that would lose work."""
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out-dir {out}: is a file; name a folder.")
+    if base is not None and cfg.tuner == "fine" and out.resolve() == base.resolve():
+        raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base. "
+                         f"Choose another --out-dir.")
+    used = [n for n in ("args.json", "log.jsonl", "resume") if (out / n).exists()]
+    if used and not cfg.resume and not cfg.overwrite:
+        raise TrainError(f"--out-dir {out} already holds a run ({', '.join(used)}). Add --resume to continue it, "
+                         f"--overwrite to replace it, or choose another folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
     try:
-        for name, (remote, sha) in GPT2_FILES.items():
-            have = src is not None and (src / name).is_file()
-            data = (src / name).read_bytes() if have else tiktoken.load.read_file_cached(GPT2_URL + remote, sha)
-            atomic_write(dst / name, lambda tmp: tmp.write_bytes(data))
-    except Exception:  # offline without a cache: not fatal here, the caller says what is missing
-        return False
-    return True
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        pid = lock.read_text().strip()
+        alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+        raise TrainError(f"--out-dir {out}: another train.py (pid {pid}) is writing to it." if alive else
+                         f"--out-dir {out}: a stale lock from pid {pid}, which is not running (a killed run). "
+                         f"If no run uses this folder, delete {lock} and start again.") from None
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return lock
 
 
-def resume_from(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
-                cfg: TrainConfig) -> int:
-    """--resume: the step to continue from, after refusing a checkpoint written with other arguments."""
-    state, now = read_state(out / "resume"), asdict(cfg)
+def resume_from(out: Path, params: dict, opt: torch.optim.Optimizer, run: dict) -> int:
+    """--resume: the step to continue from, after refusing a checkpoint written with other arguments or base."""
+    state = read_state(out / "resume")
     if state is None:
         raise TrainError(f"--resume: {out / 'resume' / 'state.json'} not found; no checkpoint to continue from. "
                          f"Drop --resume to start anew.")
-    changed = [k for k, v in state["config"].items() if k not in SAME_RUN and now.get(k) != v]
+    recorded = state["config"].get("base_fingerprint")
+    if recorded != run["base_fingerprint"]:
+        raise TrainError(f"--resume: the run was trained on base {recorded}, but --init-from {run['init_from_arg']} "
+                         f"is now {run['base_fingerprint']} (its weights changed). Resume with the original base.")
+    changed = [k for k, v in state["config"].items() if k not in SAME_RUN and run.get(k) != v]
     if changed:
         raise TrainError(f"--resume: {out / 'resume'} was written with other arguments: " + ", ".join(
-            f"--{k.replace('_', '-')} {state['config'][k]!r} (now {now.get(k)!r})" for k in changed))
+            f"--{k.replace('_', '-')} {state['config'][k]!r} (now {run.get(k)!r})" for k in changed))
     return load_state(out / "resume", state, params, opt)
+
+
+def read_log(path: Path, upto: int) -> tuple[str, int]:
+    """A resumed run keeps its log up to the checkpoint; a line torn by a kill mid-write is dropped (and counted)."""
+    kept, torn = [], 0
+    for line in (path.read_text().split("\n") if path.is_file() else []):
+        try:
+            row = json.loads(line)
+            kept += [line] if row["step"] <= upto else []
+        except (ValueError, KeyError, TypeError):
+            torn += bool(line.strip())
+    return "".join(r + "\n" for r in kept), torn
+
+
+def optimizer(tuner: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW over the trained parameters only, named in the optimizer's order (for resume.save_state)."""
+    trained = {n: p for n, p in tuner.named_parameters() if p.requires_grad}
+    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
+    rest = {n: p for n, p in trained.items() if n not in decay}
+    groups = [{"params": list(decay.values()), "weight_decay": cfg.weight_decay},
+              {"params": list(rest.values()), "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda")
+    return decay | rest, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -177,8 +194,7 @@ def resume_from(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.opt
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = pick_device(cfg.device)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -196,176 +212,182 @@ def main(argv: list[str] | None = None) -> None:
             dist.destroy_process_group()
 
 
-def build(cfg: TrainConfig, model: GPT, tok, device: torch.device) -> tuple[torch.nn.Module, int, str]:
-    """The trained module (the prefix, or GPT-2 itself), P, and a line saying what trains."""
-    if cfg.tuner == "fine":
-        model.train()  # the recipe's fine-tune has dropout 0.1 on; our GPT-2 has no dropout, so nothing changes
-        return model, 0, f"fine-tuning all {sum(p.numel() for p in model.parameters()):,} parameters"
-    prefix = (pfx.init_from_text(model, tok, cfg.prefix_init, cfg.prefix_param, cfg.prefix_mid, seed=cfg.seed)
-              if cfg.prefix_init else pfx.Prefix(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid,
-                                                 seed=cfg.seed)).to(device)
-    pfx.freeze(model, prefix)  # GPT-2 frozen and in eval mode, as the authors ran it
-    c, P = pfx.param_counts(prefix, model), prefix.embedding.num_embeddings
-    return prefix, P, (f"prefix P={P}: trains {c['trained']:,} parameters ({c['trained_frac']:.2%} of the model's "
-                       f"{c['model']:,}), stores {c['stored']:,} ({c['stored_frac']:.3%})")
-
-
-def optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW over the trained parameters only, named in the optimizer's order (for resume.save_state)."""
-    trained = {n: p for n, p in module.named_parameters() if p.requires_grad}
-    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
-    rest = {n: p for n, p in trained.items() if n not in decay}
-    groups = [{"params": list(decay.values()), "weight_decay": cfg.weight_decay},
-              {"params": list(rest.values()), "weight_decay": 0.0}]
-    fused = device.type in ("cpu", "cuda")
-    return decay | rest, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
-
-
 def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
     say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)  # data errors first
+    # Setup, every check before the run folder is touched: data, base model, tokenizer, the tuner.
+    pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
     valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
-    model, base = load_base(cfg, out, rank)
-    model.to(device)
+    model, base = load_base(cfg)
     tok = load_tokenizer(base)  # offline without tokenizer files: a CheckpointError that says what to do
-    module, P, what = build(cfg, model, tok, device)
-    say(what)
-    fits = model.config.n_positions - P  # the paper never truncates (block 1024); a short-context model drops
+    tuner = TUNERS[cfg.tuner].build(model.to(device), tok, **asdict(cfg)).to(device)
+    counts = tuner.counts()
+    fits = model.config.n_positions - tuner.settings().get("prefix_len", 0)  # the paper never truncates
     train_ex = [e for e in (example_ids(tok, s, t) for s, t in pairs) if len(e[0]) <= fits]
     valid_ex = [e for e in (example_ids(tok, s, t) for s, t in valid) if len(e[0]) <= fits][rank::world]
-    if len(train_ex) < len(pairs):
-        say(f"note: left out {len(pairs) - len(train_ex)} training pairs longer than n_positions - P = {fits} tokens")
     lengths = [len(i) for i, _ in train_ex]
     micro = (len(epoch_batches(lengths, cfg.batch_size, cfg.seed)) // world) // cfg.grad_accum * cfg.grad_accum
     if micro == 0:
         raise TrainError(f"{len(train_ex)} training pairs do not fill one step of --batch-size {cfg.batch_size} × "
                          f"--grad-accum {cfg.grad_accum} × {world} processes.")
-    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * micro // cfg.grad_accum)
-    params, opt = optimizer(module, cfg, device)
-    start = resume_from(out, params, opt, cfg) if cfg.resume else 0
-    net = torch.compile(model) if cfg.compile else model
-    trainer = module if cfg.tuner == "prefix" else net
-    wrapped = DDP(trainer) if world > 1 else trainer  # DDP averages gradients over processes
-    autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * micro // cfg.grad_accum, **tuner.settings())
+    # The run's record, written once with its real settings; beam.py opens the folder through tuner.open_run.
+    run = {**asdict(cfg), "init_from": str(base.resolve()) if base else str((out / "base").resolve()),
+           "init_from_arg": cfg.init_from, "world_size": world, "base_fingerprint": fingerprint(model),
+           "params": counts}
+    lock = claim_out_dir(out, cfg, base) if rank == 0 else None
+    try:
+        params, opt = optimizer(tuner, cfg, device)
+        start = resume_from(out, params, opt, run) if cfg.resume else 0
+        if rank == 0:
+            start_run_folder(out, cfg, run, model, base, start, say)
+        say(f"{cfg.tuner}-tuning: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of "
+            f"{counts['model']:,}), stores {counts['stored']:,} ({counts['stored_frac']:.3%})")
+        if len(train_ex) < len(pairs):
+            say(f"note: left out {len(pairs) - len(train_ex)} training pairs longer than {fits} tokens")
+        say(f"{len(train_ex):,} training pairs, {cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × "
+            f"{world}, lr {cfg.lr:g}" + (f", resuming at step {start}" if start else ""))
+        wrapped = DDP(tuner) if world > 1 else tuner  # DDP averages gradients over processes
+        step_fn = torch.compile(wrapped) if cfg.compile else wrapped
+        autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+        t0 = t_log = time.time()
+        tokens, orders = 0, {}
+        for step in range(start, cfg.max_steps):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
+            for a in range(cfg.grad_accum):
+                epoch, pos = divmod(step * cfg.grad_accum + a, micro)
+                if epoch not in orders:  # the order is a function of seed and epoch: a resumed run sees the same
+                    orders = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)}
+                idx, targets = collate([train_ex[i] for i in orders[epoch][pos * world + rank]], tok.eot_token)
+                idx, targets = idx.to(device), targets.to(device)  # (B, T)
+                with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext(), autocast:
+                    nll, n_tok = nll_sum(step_fn(idx, targets).loss, targets), (targets != IGNORE).sum()
+                    (objective(nll, n_tok, idx.size(0), tuner.per_sequence_loss) / cfg.grad_accum).backward()
+                stats += torch.stack([nll.detach(), n_tok.float(), torch.tensor(float(idx.size(0)), device=device)])
+                tokens += idx.numel()
+            if world > 1:
+                dist.all_reduce(stats)
+            loss = objective(stats[0], stats[1], stats[2], tuner.per_sequence_loss).item()
+            norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip or math.inf)
+            if not (math.isfinite(loss) and torch.isfinite(norm)):
+                raise TrainError(f"step {step + 1}: loss {loss}, gradient norm {norm.item()}; stopped without saving. "
+                                 f"The last good checkpoint is in {out / 'resume'} (every --save-every "
+                                 f"{cfg.save_every} steps): lower --lr or use --dtype float32, then --resume.")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            sync_stop(stop, world, device)
+            row = None
+            if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
+                now = time.time()
+                tps = tokens * world / (now - t_log)
+                mfu = tps * flops_per_token(model.config, idx.size(1), tuner.weights_learn) / (cfg.peak_tflops * 1e12)
+                row = dict(step=done, loss=loss, tok_loss=(stats[0] / stats[1]).item(), lr=lr_at(step, cfg),
+                           tok_per_s=tps, elapsed_s=now - t0)
+                if device.type == "cuda":  # the paper's table reports memory; this is the GPU's high-water mark
+                    row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                eta = (now - t0) / (done - start) * (cfg.max_steps - done)
+                say(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | {tps:,.0f} tok/s | "
+                    f"ETA {eta / 60:.1f} min | MFU {mfu:.2%}")
+                tokens, t_log = 0, now
+            if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+                row = (row or dict(step=done)) | dict(val_loss=evaluate(step_fn, valid_ex, cfg, tok.eot_token, device, world))
+                say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
+            if rank == 0:
+                checkpoint_step(out, cfg, done, row, params, opt, run, bool(stop))
+            if stop and done < cfg.max_steps:
+                say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
+                return
+        if rank == 0:
+            finish(cfg, out, tuner, params)
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
 
-    def forward(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # summed NLL of the batch
-        with autocast:
-            out = net(idx, wrapped(), targets=targets) if cfg.tuner == "prefix" else wrapped(idx, targets=targets)
-        return nll_sum(out.loss, targets)
 
-    log_path = out / "log.jsonl"
-    if rank == 0:  # a resumed run keeps the log up to its checkpoint
-        rows = log_path.read_text().splitlines() if cfg.resume and log_path.is_file() else []
-        kept = "".join(r + "\n" for r in rows if json.loads(r)["step"] <= start)
-        atomic_write(log_path, lambda tmp: tmp.write_text(kept))
-        # beam.py loads init_from: a random base is the folder it was saved to, a local folder its absolute path
-        local = cfg.init_from.startswith("random:") or Path(cfg.init_from).exists()
-        run = {**asdict(cfg), "init_from": str(base.resolve()) if local else cfg.init_from,
-               "init_from_arg": cfg.init_from, "world_size": world}
-        atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)))
-    say(f"{len(train_ex):,} training pairs, {cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, "
-        f"lr {cfg.lr:g}" + (f", resuming at step {start}" if start else ""))
-    t0 = t_log = time.time()
-    tokens, orders = 0, {}
-    for step in range(start, cfg.max_steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
-        for a in range(cfg.grad_accum):
-            epoch, pos = divmod(step * cfg.grad_accum + a, micro)
-            if epoch not in orders:  # the order is a function of seed and epoch, so a resumed run sees the same
-                orders = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)}
-            idx, targets = collate([train_ex[i] for i in orders[epoch][pos * world + rank]], tok.eot_token)
-            idx, targets = idx.to(device), targets.to(device)  # (B, T)
-            with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext():
-                nll, n_tok = forward(idx, targets), (targets != IGNORE).sum()
-                (objective(nll, n_tok, idx.size(0), cfg.tuner) / cfg.grad_accum).backward()
-            stats += torch.stack([nll.detach(), n_tok.float(), torch.tensor(float(idx.size(0)), device=device)])
-            tokens += idx.numel()
-        if world > 1:
-            dist.all_reduce(stats)
-        loss = objective(stats[0], stats[1], stats[2], cfg.tuner).item()
-        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip or math.inf)
-        if not (math.isfinite(loss) and torch.isfinite(norm)):
-            raise TrainError(f"step {step + 1}: loss {loss}, gradient norm {norm.item()}; stopped without saving. The "
-                             f"last good checkpoint is in {out / 'resume'} (every --save-every {cfg.save_every} steps): "
-                             f"lower --lr or use --dtype float32, and continue from it with --resume.")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        done = step + 1
-        if world > 1:  # every process must stop at the same step, or the others wait forever in all_reduce
-            flag = torch.tensor(float(bool(stop)), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop += ["a signal on another process"] if flag.item() and not stop else []
-        row = None
-        if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
-            now = time.time()
-            tps = tokens * world / (now - t_log)
-            mfu = tps * flops_per_token(model.config, idx.size(1) + P, cfg.tuner) / (cfg.peak_tflops * 1e12)
-            eta = (now - t0) / (done - start) * (cfg.max_steps - done)
-            row = dict(step=done, loss=loss, tok_loss=(stats[0] / stats[1]).item(), lr=lr_at(step, cfg),
-                       tok_per_s=tps, elapsed_s=now - t0)
-            if device.type == "cuda":  # the paper's table reports memory; this is the GPU's high-water mark
-                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            say(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | {tps:,.0f} tok/s | "
-                f"ETA {eta / 60:.1f} min | MFU {mfu:.2%}")
-            tokens, t_log = 0, now
-        if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-            row = (row or dict(step=done)) | dict(val_loss=evaluate(forward, valid_ex, cfg, tok.eot_token, device, world))
-            say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
-        if rank == 0 and row:
-            with log_path.open("a") as f:  # one whole line per write: a crash loses at most the last row
+def start_run_folder(out: Path, cfg: TrainConfig, run: dict, model: GPT, base: Path | None, start: int,
+                     say) -> None:
+    """Record the run (args.json), keep the log up to a resumed checkpoint, and save a random base beside it."""
+    log, torn = read_log(out / "log.jsonl", start) if cfg.resume else ("", 0)
+    if torn:
+        say(f"note: skipped {torn} torn line(s) in {out / 'log.jsonl'} (a run killed mid-write)")
+    write_json(out / "args.json", run)
+    (out / "log.jsonl").write_text(log)
+    if base is None:  # a random base: beam.py loads it from the run folder
+        save_pretrained(model, out / "base")
+    write_tokenizer_files(base, out)  # a run folder decodes with the tokenizer it was trained with
+
+
+def sync_stop(stop: list[str], world: int, device: torch.device) -> None:
+    """Every process must stop at the same step, or the others wait forever in all_reduce."""
+    if world > 1:
+        flag = torch.tensor(float(bool(stop)), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop += ["a signal on another process"] if flag.item() and not stop else []
+
+
+def checkpoint_step(out: Path, cfg: TrainConfig, done: int, row: dict | None, params: dict,
+                    opt: torch.optim.Optimizer, run: dict, stopping: bool) -> None:
+    """The log row (one whole line per write: a crash loses at most that row) and, when due, the resume state."""
+    try:
+        if row:
+            with (out / "log.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        if rank == 0 and (done % cfg.save_every == 0 or done == cfg.max_steps or stop):
-            save_state(out / "resume", done, params, opt, asdict(cfg))
-        if stop and done < cfg.max_steps:
-            say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
-            return
-    if rank == 0:
-        finish(cfg, out, model, base, module)
+        if done % cfg.save_every == 0 or done == cfg.max_steps or stopping:
+            save_state(out / "resume", done, params, opt, run)
+    except OSError as e:
+        raise TrainError(f"step {done}: could not write to {out} ({e.strerror or e}: {e.filename}); the previous "
+                         f"checkpoint is kept. Free space, then continue with --resume.") from None
 
 
 @torch.no_grad()
-def evaluate(forward, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int) -> float:
+def evaluate(step_fn, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int) -> float:
     """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
     total = torch.zeros(2, device=device)
     for i in range(0, len(examples), cfg.batch_size):
         idx, targets = (t.to(device) for t in collate(examples[i:i + cfg.batch_size], pad_id))
-        total += torch.stack([forward(idx, targets), (targets != IGNORE).sum().float()])
+        total += torch.stack([nll_sum(step_fn(idx, targets).loss, targets), (targets != IGNORE).sum().float()])
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()
 
 
-def finish(cfg: TrainConfig, out: Path, model: GPT, base: Path, module: torch.nn.Module) -> None:
-    """The trained artefact: the compiled prefix, or a Hugging Face folder with its tokenizer; then the loss curve."""
-    if cfg.tuner == "prefix":
-        path = pfx.save(out / pfx.PREFIX_FILE, module.compile(), model, cfg.prefix_param)
-    else:
-        save_pretrained(model, out)
-        path = out / "model.safetensors"
-        if not write_tokenizer_files(base, out):
-            print(f"note: no vocab.json/merges.txt for {base}; {out} loads with tiktoken's gpt2 encoding")
+def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) -> None:
+    """The trained artefact (refused if not finite: never an output that decodes to junk), then the loss curve."""
+    bad = [n for n, p in params.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainError(f"the trained weights hold NaN/Inf ({bad[:3]}); nothing was saved. Lower --lr and "
+                         f"continue from the last checkpoint with --resume.")
+    try:
+        path = tuner.save(out)
+    except OSError as e:
+        raise TrainError(f"could not write the trained weights to {out} ({e.strerror or e}); the resume "
+                         f"checkpoint is kept: free space, then run again with --resume.") from None
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
+    plot_losses(out, f"{cfg.tuner}-tuning {cfg.init_from}")
+
+
+def plot_losses(out: Path, title: str) -> None:
     try:
         import matplotlib.pyplot as plt  # headless, it falls back to the Agg backend by itself
     except ImportError:
         print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
         return
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().split("\n") if line]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, style in (("tok_loss", "-"), ("val_loss", "o-")):
         ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], style, label=key)
-    ax.set(xlabel="step", ylabel="NLL per target token", title=f"{cfg.tuner}-tuning {cfg.init_from}")
+    ax.set(xlabel="step", ylabel="NLL per target token", title=title)
     ax.legend()
-    atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (TrainError, DataError, CheckpointError, pfx.PrefixError) as e:
-        sys.exit(f"error: {e}")
+    except (TrainError, DataError, CheckpointError, ResumeError, prefix.PrefixError) as e:
+        sys.exit(f"train.py: error: {e}")

@@ -1,6 +1,6 @@
 """Run every benchmark, each side by side with its reference, and print one markdown table of the ratios.
 
-Each benchmark is its own script (bench/load.py, train_step.py, beam.py, eval.py) and prints its full output,
+Each benchmark is its own script (bench/load.py, train_step.py, bench_beam.py, bench_eval.py) and prints its full output,
 then `RESULT {json}` lines that this script gathers. The README's performance table is this script's output.
     python bench/run.py                                  # all but eval (eval needs the official scorer)
     python bench/run.py --official /path/to/e2e-metrics --official-python /path/to/python
@@ -18,17 +18,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = ("load", "train_step", "beam", "eval")
+BENCHES = {"load": "load", "train_step": "train_step", "beam": "bench_beam", "eval": "bench_eval"}  # name: script
 
 
 def run_bench(name: str, extra: list[str]) -> list[dict]:
-    """Run bench/NAME.py, echo its output, return its RESULT rows."""
-    print(f"\n$ python bench/{name}.py {' '.join(extra)}", flush=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *extra], cwd=ROOT,
+    """Run the benchmark's script, echo its output, return its RESULT rows."""
+    script = f"bench/{BENCHES[name]}.py"
+    print(f"\n$ python {script} {' '.join(extra)}", flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / script), *extra], cwd=ROOT,
                           capture_output=True, text=True)
     print(proc.stdout, end="")
     if proc.returncode != 0:
-        print(f"bench/{name}.py failed:\n{proc.stderr[-2000:]}")
+        print(f"{script} failed:\n{proc.stderr[-2000:]}")
         return []
     return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
 
@@ -43,7 +44,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=BENCHES, default=None, help="run these benchmarks only")
+    p.add_argument("--only", nargs="+", choices=list(BENCHES), default=None, help="run these benchmarks only")
     p.add_argument("--official", help="e2e-metrics checkout, for the eval benchmark (skipped without it)")
     p.add_argument("--official-python", default=sys.executable, help="python with the official scorer's deps")
     args = p.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.__version__}; ratio = reference time / ours (higher is better) unless the measure says otherwise\n")
     print(table(rows))
     if "eval" not in chosen:
-        print("\n(eval skipped: pass --official /path/to/e2e-metrics; see bench/eval.py's header)")
+        print("\n(eval skipped: pass --official /path/to/e2e-metrics; see bench/bench_eval.py's header)")
 
 
 if __name__ == "__main__":

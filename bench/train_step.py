@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prefix as pfx  # noqa: E402  (ours, from the repository root)
-from model import GPT, SHAPES, GPTConfig  # noqa: E402
-from train import flops_per_token, nll_sum, objective  # noqa: E402
+from model import GPT, SHAPES, GPTConfig, flops_per_token  # noqa: E402
+from tuner import nll_sum, objective  # noqa: E402
 
 GPT2, MEDIUM = SHAPES["gpt2"], SHAPES["gpt2-medium"]
 B, T, P, M = 10, 64, 5, 512  # the recipe's batch; E2E-like length; the recipe's prefix
@@ -54,7 +54,7 @@ def ours_prefix(folder: Path):
 
     def step() -> None:
         nll = nll_sum(model(idx, past_kv=prefix(), targets=targets).loss, targets)  # as train.py computes it
-        objective(nll, (targets != -100).sum(), B, "prefix").backward()
+        objective(nll, (targets != -100).sum(), B, per_sequence=True).backward()
         torch.nn.utils.clip_grad_norm_(prefix.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -101,7 +101,7 @@ def peft_prefix(folder: Path):
 def hf_fine(folder: Path):
     from transformers import GPT2LMHeadModel
 
-    return hf_step(GPT2LMHeadModel.from_pretrained(folder).eval())  # eval: no dropout, as ours has none
+    return hf_step(GPT2LMHeadModel.from_pretrained(folder).train())  # dropout 0.1 on both sides, as the recipe
 
 
 def side_by_side(ours, theirs, steps: int) -> tuple[float, float]:
@@ -132,7 +132,7 @@ def peak_memory(tuner: str) -> dict:
         pfx.freeze(model, prefix)
         params = list(prefix.parameters())
         nll = nll_sum(model(idx, past_kv=prefix(), targets=targets).loss, targets)
-        loss = objective(nll, (targets != -100).sum(), B, tuner)
+        loss = objective(nll, (targets != -100).sum(), B, per_sequence=True)
     else:
         params = list(model.parameters())
         loss = model(idx, targets=targets).loss
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         for tuner, name, ours, theirs, S in rows:
             t_ours, t_theirs = side_by_side(ours, theirs, args.steps)
             for who, t in (("ours", t_ours), (name, t_theirs)):
-                mfu = B * T / t * flops_per_token(cfg, S, tuner) / (args.peak_gflops * 1e9)
+                mfu = B * T / t * flops_per_token(cfg, S, weights_learn=tuner == "fine") / (args.peak_gflops * 1e9)
                 print(f"  {tuner:6s} {who:24s} {t * 1e3:8.0f} ms/step {B * T / t:8.0f} tok/s  MFU {mfu:6.1%}")
             print(f"  {tuner:6s} speed-up ours vs {name}: {t_theirs / t_ours:.2f}x")
             print("RESULT " + json.dumps(dict(bench=f"{tuner} train step", what=f"tok/s, gpt2 shape, B={B}, T={T}, CPU fp32",

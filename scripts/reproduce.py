@@ -24,11 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402  (after the path: the project's files are imported by name)
-
-import prefix as pfx  # noqa: E402
 from data import read_pairs, subset  # noqa: E402
-from model import GPT, read_config, resolve  # noqa: E402
 
 E2E_ZIP = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
 E2E_FILES = ("trainset.csv", "devset.csv", "testset_w_refs.csv")
@@ -76,18 +72,6 @@ def run(cmd: list[str], log: Path) -> tuple[float, float]:
     return time.time() - t0, usage.ru_maxrss / 1024
 
 
-def param_fractions(base: str, tuner: str, out: Path, mid: int) -> dict:
-    """Trained and stored parameters as fractions of the model's, from shapes alone (meta device)."""
-    with torch.device("meta"):
-        model = GPT(read_config(resolve(base)))
-    if tuner == "fine":
-        return dict(trained_frac=1.0, stored_frac=1.0, model_params=sum(p.numel() for p in model.parameters()))
-    P = pfx.load(out / pfx.PREFIX_FILE)[0][0].size(2)  # P of the trained prefix (an init text sets its own)
-    with torch.device("meta"):
-        c = pfx.param_counts(pfx.Prefix(model.config, P, "mlp", mid), model)
-    return dict(trained_frac=c["trained_frac"], stored_frac=c["stored_frac"], model_params=c["model"])
-
-
 def epochs_done(args: dict) -> float:
     """Passes over the training set that the run made (a --max-steps run may stop inside an epoch)."""
     n = len(subset(read_pairs(args["data_dir"], args["train_split"]), args["train_limit"], args["subset_seed"]))
@@ -102,7 +86,7 @@ def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[st
     facts_path = out / "facts.json"
     if not facts_path.is_file():
         seconds, rss = run([py, "train.py", "--tuner", tuner, "--init-from", a.model, "--data-dir", str(a.data_dir),
-                            "--out-dir", str(out), "--train-split", a.train_split, *train_flags], out / "train.log")
+                            "--out-dir", str(out), "--overwrite", "--train-split", a.train_split, *train_flags], out / "train.log")
         last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
         facts = dict(train_s=seconds, s_per_epoch=seconds / epochs_done(json.loads((out / "args.json").read_text())),
                      peak_rss_mib=rss, peak_gpu_gib=last.get("peak_mem_gib"))
@@ -118,9 +102,9 @@ def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[st
         if scores.returncode != 0:
             raise ReproError(f"scoring {out} failed: {scores.stderr.strip()}")
         (out / "scores.json").write_text(scores.stdout)
-    args = json.loads((out / "args.json").read_text())
+    counts = json.loads((out / "args.json").read_text())["params"]  # what the run recorded it trained and stored
     return dict(run=name, tuner=tuner, **json.loads((out / "scores.json").read_text()), **facts,
-                **param_fractions(args["init_from"], tuner, out, args["prefix_mid"]))
+                trained_frac=counts["trained_frac"], stored_frac=counts["stored_frac"], model_params=counts["model"])
 
 
 def table(rows: list[dict], title: str, extra: tuple[str, ...] = ()) -> str:

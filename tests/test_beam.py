@@ -17,7 +17,8 @@ from transformers import DynamicCache, GPT2LMHeadModel
 import prefix
 from beam import BeamConfig, beam_search, e2e_text, main
 from conftest import E2E_DIR, make_checkpoint
-from model import GPT, load_tokenizer
+from model import GPT
+from tokenizer import load_tokenizer
 
 SHARP = dict(n_layer=2, n_head=4, n_embd=64, n_positions=256)
 NEW = 12        # max_new_tokens in the comparisons

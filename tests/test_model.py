@@ -9,7 +9,9 @@ from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, GPT2LMHeadModel
 
 from conftest import E2E_DIR, GPT2, TINY, make_checkpoint
-from model import GPT, CheckpointError, load_tokenizer
+from checkpoint import CheckpointError, save_pretrained
+from model import GPT
+from tokenizer import load_tokenizer
 
 ATOL = 1e-4  # max |Δlogit| in fp32
 
@@ -233,7 +235,7 @@ def test_hub_offline_is_a_clear_error(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(CheckpointError, match="hub could not give it"):
-        GPT.from_pretrained("owner/some-gpt2")
+        GPT.from_pretrained("hf:owner/some-gpt2")
 
 
 def test_file_path_loads_its_folder(tiny_ckpt):
@@ -247,7 +249,6 @@ def test_real_shape_config(gpt2_ckpt):
 
 
 def test_save_pretrained_loads_in_transformers(tiny_ckpt, tmp_path):
-    from model import save_pretrained
     ours = GPT.from_pretrained(tiny_ckpt)
     with torch.no_grad():
         ours.transformer.h[0].attn.c_attn.weight.add_(0.5)  # a change that must survive the round trip

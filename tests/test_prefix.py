@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
 from conftest import GPT2, TINY, make_checkpoint
-from model import GPT, GPTConfig, load_tokenizer
+from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
 from prefix import (Prefix, PrefixError, fingerprint, flatten, freeze, init_from_text, load, mix, param_counts, save,
                     save_peft, stack, unflatten)
 
@@ -94,7 +95,7 @@ def test_peft_adapter_loads_with_same_logits(tiny_ckpt, tiny, tmp_path, projecti
 
 def test_our_adapter_loads_in_peft(tiny_ckpt, tiny, tmp_path):
     prefix = random_prefix(tiny.config, 5, seed=4)
-    past = prefix.compile()
+    past = prefix.export()
     save_peft(past, tmp_path, base_model_name_or_path=str(tiny_ckpt))
     pm = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tiny_ckpt), tmp_path).eval()
     idx = ids(2, 6, 5)
@@ -144,7 +145,7 @@ def test_compiled_prefix_equals_its_mlp(tiny):
     idx = ids(2, 5, 11)
     with torch.no_grad():
         want = tiny(idx, past_kv=prefix()).logits
-    compiled = prefix.compile()
+    compiled = prefix.export()
     assert not compiled[0][0].requires_grad
     torch.testing.assert_close(tiny(idx, past_kv=compiled).logits, want, atol=0, rtol=0)
 
@@ -160,7 +161,7 @@ def test_seeded_init_leaves_the_global_rng_alone():
 
 def test_dropout_only_while_training():
     prefix = Prefix(GPTConfig(**TINY), 3, prefix_mid=16, dropout=0.5)
-    compiled = flatten(prefix.compile())
+    compiled = flatten(prefix.export())
     assert (flatten(prefix.train()()) == 0).float().mean() > 0.3
     torch.testing.assert_close(flatten(prefix.eval()()), compiled, atol=0, rtol=0)
 
@@ -190,7 +191,7 @@ def test_init_direct_is_the_models_own_kv(tiny_ckpt, tiny):
     cont = ids(1, 5, 12)
     with torch.no_grad():
         full = tiny(torch.cat([text, cont], 1)).logits[:, 6:]
-        torch.testing.assert_close(tiny(cont, past_kv=prefix.compile()).logits, full, atol=ATOL, rtol=0)
+        torch.testing.assert_close(tiny(cont, past_kv=prefix.export()).logits, full, atol=ATOL, rtol=0)
 
 
 def test_init_mlp_prefit_lowers_the_mse(tiny_ckpt, tiny):
@@ -205,7 +206,7 @@ def test_init_mlp_prefit_lowers_the_mse(tiny_ckpt, tiny):
 # --- many tasks on one backbone -----------------------------------------------------------------------------
 
 def test_stacked_rows_equal_each_row_alone(tiny):
-    pasts = [random_prefix(tiny.config, P, seed=20 + P).compile() for P in (2, 5, 3)]
+    pasts = [random_prefix(tiny.config, P, seed=20 + P).export() for P in (2, 5, 3)]
     stacked, key_mask = stack(pasts)
     assert stacked[0][0].shape == (3, 4, 5, 8) and key_mask.tolist()[0] == [0, 0, 0, 1, 1]
     idx = ids(3, 6, 13)
@@ -217,13 +218,13 @@ def test_stacked_rows_equal_each_row_alone(tiny):
 
 
 def test_stack_refuses_other_models(tiny):
-    small = random_prefix(GPTConfig(n_layer=1, n_head=4, n_embd=32), 2, seed=0).compile()
+    small = random_prefix(GPTConfig(n_layer=1, n_head=4, n_embd=32), 2, seed=0).export()
     with pytest.raises(PrefixError, match="different models"):
-        stack([random_prefix(tiny.config, 2, seed=0).compile(), small])
+        stack([random_prefix(tiny.config, 2, seed=0).export(), small])
 
 
 def test_mix_is_the_weighted_sum(tiny):
-    a, b = (random_prefix(tiny.config, 3, seed=s).compile() for s in (30, 31))
+    a, b = (random_prefix(tiny.config, 3, seed=s).export() for s in (30, 31))
     mixed = mix([(a, 0.25), (b, 0.75)])
     torch.testing.assert_close(flatten(mixed), 0.25 * flatten(a) + 0.75 * flatten(b), atol=1e-6, rtol=0)
     torch.testing.assert_close(flatten(mix([(a, 1.5), (b, -0.5)])), 1.5 * flatten(a) - 0.5 * flatten(b))
@@ -231,15 +232,15 @@ def test_mix_is_the_weighted_sum(tiny):
 
 @pytest.mark.parametrize("weights, words", [((0.5, 0.4), "sum to 0.9"), ((float("nan"), 1.0), "expected 1")])
 def test_mix_refuses_weights_not_summing_to_one(tiny, weights, words):
-    a, b = (random_prefix(tiny.config, 3, seed=s).compile() for s in (30, 31))
+    a, b = (random_prefix(tiny.config, 3, seed=s).export() for s in (30, 31))
     with pytest.raises(PrefixError, match=words):
         mix([(a, weights[0]), (b, weights[1])])
 
 
 def test_mix_refuses_other_shapes_and_nothing(tiny):
     with pytest.raises(PrefixError, match=r"of shapes \(L, H, P, D\) = \[\(2, 4, 3, 8\), \(2, 4, 4, 8\)\]"):
-        mix([(random_prefix(tiny.config, 3, seed=0).compile(), 0.5),
-             (random_prefix(tiny.config, 4, seed=0).compile(), 0.5)])
+        mix([(random_prefix(tiny.config, 3, seed=0).export(), 0.5),
+             (random_prefix(tiny.config, 4, seed=0).export(), 0.5)])
     with pytest.raises(PrefixError, match="give at least one"):
         mix([])
 
@@ -247,7 +248,7 @@ def test_mix_refuses_other_shapes_and_nothing(tiny):
 # --- files ------------------------------------------------------------------------------------------------------
 
 def test_save_load_round_trip_is_exact(tiny, tmp_path):
-    past = random_prefix(tiny.config, 4, seed=40).compile()
+    past = random_prefix(tiny.config, 4, seed=40).export()
     file = save(tmp_path, past, tiny, "mlp")
     assert file.name == "prefix.safetensors" and not list(tmp_path.glob("*.tmp"))
     for a, b in zip(load(tmp_path, tiny), past):
@@ -257,14 +258,14 @@ def test_save_load_round_trip_is_exact(tiny, tmp_path):
 def test_fingerprint_is_per_weights_not_per_dtype(tiny_ckpt, tiny, tmp_path):
     bf16 = GPT.from_pretrained(tiny_ckpt, dtype=torch.bfloat16)
     assert fingerprint(bf16) == fingerprint(tiny)
-    save(tmp_path, random_prefix(tiny.config, 2, seed=0).compile(), tiny, "mlp")
+    save(tmp_path, random_prefix(tiny.config, 2, seed=0).export(), tiny, "mlp")
     assert load(tmp_path, bf16)[0][0].dtype == torch.bfloat16  # cast to the model it is loaded for
     other = GPT.from_pretrained(make_checkpoint(tmp_path / "other", seed=1, **TINY))
     assert fingerprint(other) != fingerprint(tiny)
 
 
 def test_other_base_refused_unless_allowed(tiny_ckpt, tiny, tmp_path):
-    save(tmp_path, random_prefix(tiny.config, 2, seed=0).compile(), tiny, "mlp")
+    save(tmp_path, random_prefix(tiny.config, 2, seed=0).export(), tiny, "mlp")
     other = GPT.from_pretrained(tiny_ckpt)
     with torch.no_grad():
         other.transformer.ln_f.weight.add_(0.1)
@@ -274,16 +275,16 @@ def test_other_base_refused_unless_allowed(tiny_ckpt, tiny, tmp_path):
 
 
 def test_other_shape_refused(tiny, tmp_path):
-    save(tmp_path, random_prefix(tiny.config, 2, seed=0).compile(), tiny, "mlp")
+    save(tmp_path, random_prefix(tiny.config, 2, seed=0).export(), tiny, "mlp")
     deeper = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, n_positions=16, vocab_size=8))
     with pytest.raises(PrefixError, match="n_layer=2, n_head=4, head_dim=8, but the model has n_layer=3"):
         load(tmp_path, deeper)
     with pytest.raises(PrefixError, match="n_layer=2"):
-        save(tmp_path, random_prefix(tiny.config, 2, seed=0).compile(), deeper, "mlp")
+        save(tmp_path, random_prefix(tiny.config, 2, seed=0).export(), deeper, "mlp")
 
 
 def test_save_refuses_malformed_past(tiny, tmp_path):
-    past = random_prefix(tiny.config, 2, seed=0).compile()
+    past = random_prefix(tiny.config, 2, seed=0).export()
     past[1] = (past[1][0][:, :, :1], past[1][1])
     with pytest.raises(PrefixError, match=r"mismatches \(layer, shape\): \[\(1, \(1, 4, 1, 8\)\)\]"):
         save(tmp_path, past, tiny, "mlp")
@@ -306,7 +307,7 @@ def rewrite(file, change):
     (lambda t, m: t["past_kv"].view(-1)[7].fill_(float("nan")), "NaN or Inf in the keys/values of layers [0]"),
 ])
 def test_bad_prefix_files(tiny, tmp_path, change, words):
-    file = save(tmp_path, random_prefix(tiny.config, 2, seed=0).compile(), tiny, "mlp")
+    file = save(tmp_path, random_prefix(tiny.config, 2, seed=0).export(), tiny, "mlp")
     rewrite(file, change)
     with pytest.raises(PrefixError) as e:
         load(file, tiny)
@@ -347,7 +348,7 @@ def test_bad_peft_folders(tiny_ckpt, tiny, tmp_path, edit, words):
 
 
 def test_peft_adapter_of_other_base_refused(tiny, tmp_path):
-    save_peft(random_prefix(GPTConfig(n_layer=3, n_head=4, n_embd=32), 2, seed=0).compile(), tmp_path)
+    save_peft(random_prefix(GPTConfig(n_layer=3, n_head=4, n_embd=32), 2, seed=0).export(), tmp_path)
     with pytest.raises(PrefixError, match="n_layer=3, n_head=4, head_dim=8, but the model has n_layer=2"):
         load(tmp_path, tiny)
 

@@ -7,7 +7,7 @@ The official scorer is not part of this repository. To get it and its dependenci
 If the clone lacks its large files (meteor-1.5.jar, meteor/data/paraphrase-en.gz, stanford-corenlp-3.4.1.jar),
 copy them from pycocoevalcap's folder (the same files) into e2e-metrics/pycocoevalcap/ at the same paths.
 Then (by default the outputs are each test MR's first reference):
-    python bench/eval.py --official e2e-metrics --official-python off/bin/python
+    python bench/bench_eval.py --official e2e-metrics --official-python off/bin/python
 """
 import argparse
 import json

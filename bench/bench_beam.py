@@ -4,7 +4,7 @@ Same random gpt2-shape weights (GPT2LMHeadModel(config).save_pretrained), same l
 thread count, CPU fp32. Both make exactly --new-tokens tokens per beam: min_new_tokens = max_new_tokens bans
 EOS until the last step, so neither search can stop early and the work is equal. Prints output tokens/s
 (prompts × new tokens / seconds) of each and the ratio, and checks the outputs are the same tokens.
-    python bench/beam.py --prompts 10 --beams 5 --new-tokens 32
+    python bench/bench_beam.py --prompts 10 --beams 5 --new-tokens 32
 """
 from __future__ import annotations
 

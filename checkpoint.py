@@ -1,0 +1,272 @@
+"""Files on disk, in one place: Hugging Face GPT-2 checkpoints, safe writes, and train.py's run folder.
+
+model.py is the model alone; this file reads config.json + model.safetensors (single or sharded, local or from
+the hub) into it, writes them back in Hugging Face's layout, and records what a run was (args.json), so that
+beam.py can open any run folder without parsing it itself. Everything read is checked before anything is
+allocated, and nothing is ever unpickled.
+    model = from_pretrained("gpt2-medium")          # or a folder, a .safetensors file, hf:owner/name
+    save_pretrained(model, "out/")                  # transformers' GPT2LMHeadModel.from_pretrained reads it
+    run = read_run("out/")                          # the settings train.py recorded, or None
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from model import GELU_APPROX, GPT, GPTConfig
+
+RUN_FILE = "args.json"  # a run folder's record: its real settings, the base model and its fingerprint
+CONFIG_CAP = 1 << 20    # bytes of config.json read at most: a link to /dev/zero must not fill memory
+# Hugging Face's GPT-2 uses Conv1D, which stores each weight as (in, out): the transpose of nn.Linear's
+# (out, in). We transpose these four at load time, as zero-copy views, so the model is plain nn.Linear.
+CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
+BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers of old checkpoints
+LAYER = re.compile(r"h\.(\d+)\.")
+HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt"]
+# config.json fields this model implements only at one value; any other is refused by name.
+FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+         "model_type": "gpt2"}
+
+
+class CheckpointError(Exception):
+    """A checkpoint or run folder could not be read or written; the message names the file, what is wrong, the fix."""
+
+
+# --- safe writes --------------------------------------------------------------------------------------------
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Write through a fresh temp file beside `path`, fsync, rename: a crash or a full disk never leaves a
+    half-written file under `path`, and the previous one stays whole. mkstemp creates the temp file
+    exclusively under a random name, so a link planted beside the target is never followed. A device or
+    pipe (/dev/null, /dev/stdout) is written into directly: renaming over it would replace the device."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; name a file to write.")
+    if path.exists() and not path.is_file():
+        write(path)
+        return
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file follows the umask like any other
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: object) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+# --- reading Hugging Face checkpoints -------------------------------------------------------------------------
+
+def resolve(src: str | Path) -> Path:
+    """A folder, a .safetensors file, or a hub name -> the local folder holding config.json. Only a bare name
+    (`gpt2-medium`) or `hf:owner/name` goes to the hub: a path with a separator is local, so a typo there
+    is "no such folder" and never sends a local path name over the network."""
+    path, name = Path(src), str(src)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent
+    if name.startswith("hf:"):
+        name = name[3:]
+    elif "/" in name or os.sep in name or not re.fullmatch(r"[\w.-]+", name):
+        raise CheckpointError(f"{src}: no such folder (neither a folder, a file nor a hub name). A path with a "
+                              f"separator is read as local; for a hub repository write hf:owner/name.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{src}: not a local folder or file, and huggingface_hub is not installed to fetch "
+                              f"it from the hub. `pip install huggingface_hub`, or pass a local folder.") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo, gated: all end the same way for the user
+        raise CheckpointError(f"{src}: not a local folder or file, and the hub could not give it ({type(e).__name__}: "
+                              f"{e}). Check the name and your connection, or download it and pass the folder.") from None
+
+
+def read_config(folder: Path) -> GPTConfig:
+    """config.json -> GPTConfig, read with a size cap; types and ranges checked, unsupported values refused."""
+    path = folder / "config.json"
+    try:
+        with open(path, "rb") as f:
+            text = f.read(CONFIG_CAP + 1)
+        raw = json.loads(text) if len(text) <= CONFIG_CAP else None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing. A checkpoint folder needs config.json + model.safetensors.") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}).") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: unreadable (expected one JSON object of at most {CONFIG_CAP} bytes).")
+    if "n_positions" not in raw and "n_ctx" in raw:  # the oldest configs only have n_ctx
+        raw["n_positions"] = raw["n_ctx"]
+    if raw.get("activation_function", "gelu_new") not in GELU_APPROX:
+        raise CheckpointError(f"{path}: activation_function={raw['activation_function']!r} is not implemented "
+                              f"(supported: {sorted(GELU_APPROX)}).")
+    for key, want in FIXED.items():
+        if raw.get(key, want) != want:
+            raise CheckpointError(f"{path}: {key}={raw[key]!r} is not implemented (GPT-2 has {want!r}); this "
+                                  f"loader reads GPT-2 checkpoints only.")
+    config = GPTConfig(**{f.name: raw[f.name] for f in fields(GPTConfig) if f.name in raw})
+    for f in fields(GPTConfig):
+        value, kind = getattr(config, f.name), type(f.default)
+        bad = type(value) is not kind and not (kind is float and type(value) is int)
+        if bad or (kind in (int, float) and not (math.isfinite(value) and value >= 0)):
+            raise CheckpointError(f"{path}: {f.name}={value!r}; expected a non-negative {kind.__name__}.")
+    if min(config.n_layer, config.n_head, config.n_embd, config.n_positions, config.vocab_size) < 1 \
+            or config.n_embd % config.n_head or not 0 < config.layer_norm_epsilon < 1 \
+            or max(config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) >= 1:
+        raise CheckpointError(f"{path}: n_layer, n_head, n_embd, n_positions, vocab_size must be >= 1 with n_embd "
+                              f"divisible by n_head, 0 < layer_norm_epsilon < 1 and dropout < 1; got {config}.")
+    return config
+
+
+def weight_files(folder: Path) -> list[Path]:
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: unreadable shard index ({e}).") from None
+        return [folder / Path(s).name for s in shards]
+    if (folder / "pytorch_model.bin").is_file():
+        raise CheckpointError(f"{folder}: only pytorch_model.bin (a pickle) is here, and this project never unpickles. "
+                              f"Convert it once where you trust the file: GPT2LMHeadModel.from_pretrained(folder)"
+                              f".save_pretrained(folder) writes model.safetensors.")
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json.")
+
+
+def read_state_dict(files: list[Path], n_layer: int, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], set]:
+    """All tensors under our names, Conv1D weights transposed, old buffers dropped, cast to `dtype`. The layer
+    count is checked from the headers before any tensor is read; every tensor must be finite floating point."""
+    sd: dict[str, torch.Tensor] = {}
+    stored: set[torch.dtype] = set()  # the dtypes found, so a cast can be reported
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                names = {key: key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
+                         for key in f.keys() if not BUFFERS.search(key)}
+                layers = {int(m[1]) for m in map(LAYER.search, names.values()) if m}
+                if layers and max(layers) >= n_layer:
+                    raise CheckpointError(f"{file}: holds layer {max(layers)}, config.json says n_layer={n_layer}. "
+                                          f"Are config.json and the weights from the same model?")
+                for key, name in names.items():
+                    t = f.get_tensor(key)  # memory-mapped: pages are read when first used
+                    if not t.is_floating_point() or not torch.isfinite(t).all():
+                        raise CheckpointError(f"{file}: tensor '{key}' is {t.dtype} with NaN/Inf or not floating "
+                                              f"point; refusing to load it. Re-download or re-export the checkpoint.")
+                    stored.add(t.dtype)
+                    t = t.t() if CONV1D.search(name) else t  # a view: nn.Linear's matmul takes it as is
+                    sd[name] = t.to(dtype)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e}). Truncated download?") from None
+    return sd, stored
+
+
+def check_state_dict(sd: dict[str, torch.Tensor], model: GPT, folder: Path) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+        sd.pop("lm_head.weight", None)  # a saved copy of the tied embedding
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing:
+        raise CheckpointError(f"{folder}: {len(missing)} weights missing, e.g. {missing[:3]}. "
+                              f"Is this a GPT-2 checkpoint, and are all shards present?")
+    if unexpected:
+        raise CheckpointError(f"{folder}: {len(unexpected)} unexpected weights, e.g. {unexpected[:3]}. "
+                              f"Is this a GPT-2 (GPT2LMHeadModel) checkpoint?")
+    for k, shape in expected.items():
+        if sd[k].shape != shape:
+            raise CheckpointError(f"{folder}: '{k}' has shape {tuple(sd[k].shape)}, config.json implies "
+                                  f"{tuple(shape)}. Are config.json and the weights from the same model?")
+
+
+def from_pretrained(src: str | Path, dtype: torch.dtype | None = None) -> GPT:
+    """Load a GPT-2 without building a random model first. dtype None means float32, the paper's precision: a
+    checkpoint stored in another float type is cast, with a warning that says so, never silently kept."""
+    folder = resolve(src)
+    config = read_config(folder)
+    sd, stored = read_state_dict(weight_files(folder), config.n_layer, dtype or torch.float32)
+    if dtype is None and stored != {torch.float32}:
+        warnings.warn(f"{folder}: weights stored as {sorted(map(str, stored))}, loaded as float32 (ask for "
+                      f"dtype=torch.bfloat16 to keep bfloat16).", stacklevel=2)
+    with torch.device("meta"):  # shapes only: the checkpoint's tensors become the parameters
+        model = GPT(config)
+    check_state_dict(sd, model, folder)
+    model.load_state_dict(sd, strict=False, assign=True)  # strict=False: only the tied lm_head is absent
+    model.tie_weights()  # assign=True replaced wte.weight, so tie the head to the new tensor
+    return model.eval()
+
+
+# --- writing checkpoints, and a base model's identity ------------------------------------------------------
+
+def save_pretrained(model: GPT, folder: str | Path) -> None:
+    """Write config.json + model.safetensors in Hugging Face's layout (Conv1D weights transposed back),
+    so transformers' GPT2LMHeadModel.from_pretrained(folder) reads what we trained."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    config = {**{f.name: getattr(c, f.name) for f in fields(c)}, "n_ctx": c.n_positions,
+              "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "bos_token_id": 50256, "eos_token_id": 50256}
+    sd = {k: (v.t() if CONV1D.search(k) else v).contiguous() for k, v in model.state_dict().items()}
+    if c.tie_word_embeddings:
+        sd.pop("lm_head.weight")  # safetensors refuses shared tensors; the head is the embedding
+    write_json(folder / "config.json", config)
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, str(tmp), metadata={"format": "pt"}))
+
+
+def fingerprint(model: GPT) -> str:
+    """A cheap identity of a base model: its shape and strided samples of four weights. The samples are rounded to
+    bfloat16, so a checkpoint loaded in float32 or in bfloat16 has one fingerprint. A trained prefix or a resumed
+    run records it, so neither is ever applied to other weights by mistake."""
+    c, sd = model.config, model.state_dict()
+    h = hashlib.sha256(repr((c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size)).encode())
+    for name in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",
+                 f"transformer.h.{c.n_layer - 1}.mlp.c_proj.weight", "transformer.ln_f.weight"):
+        t = sd[name].detach().flatten()
+        h.update(t[:: max(1, t.numel() // 4096)].to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- the run folder ---------------------------------------------------------------------------------------------
+
+def write_run(out: Path, settings: dict) -> None:
+    """Record a run once, with its real settings (after --prefix-init has set P, say): args.json."""
+    write_json(out / RUN_FILE, settings)
+
+
+def read_run(folder: str | Path) -> dict | None:
+    """The settings train.py recorded in a run folder; None when `folder` is not a run (a plain checkpoint)."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text())
+        if not all(isinstance(run.get(k), str) for k in ("tuner", "init_from")):
+            raise ValueError("no 'tuner' or 'init_from'")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}). Was it written by train.py?") from None
+    return run
