@@ -21,9 +21,8 @@ import torch
 IGNORE = -100  # F.cross_entropy's ignore_index: targets of the source and of the padding take no loss
 EOS = "<|endoftext|>"  # GPT-2's only special token, 50256: both the source/target separator and the end
 E2E_URL = "https://github.com/tuetschek/e2e-dataset"
-# Per split, the paper code's file first, then the official CSV, then a user's JSONL. The src1 files win:
-# they are what the recipe's numbers were trained and scored on (pre-tokenized MRs and references, e.g.
-# "£ 20 - 25"); the CSVs are linearized here but not tokenized, so they give slightly different tokens.
+# Per split, the paper code's file first (what the recipe's numbers were trained and scored on: pre-tokenized,
+# e.g. "£ 20 - 25"), then the official CSV (linearized here, not tokenized: slightly different tokens).
 SPLITS = {"train": ("src1_train.txt", "trainset.csv"), "dev": ("src1_valid.txt", "devset.csv"),
           "test": ("src1_test.txt", "testset_w_refs.csv")}
 # CSV keys renamed as in the paper's linearization (RECIPE.md §1); the others are kept as they are.
@@ -47,16 +46,15 @@ class Entry(NamedTuple):
 
 
 def dataset_of(data_dir: str | Path) -> str:
-    """"dart", "webnlg", "jsonl" or "e2e", from the file data_dir is or the files it holds; anything else is
-    "e2e", whose reader then says which files it expected."""
+    """"dart", "webnlg", "jsonl" or "e2e" (the fallback, whose reader names the files it expected)."""
     root = Path(data_dir)
     name = root.name if root.is_file() else ""
     if name.startswith("dart-") or any(root.glob(DART_FILE.format(split="*"))):
         return "dart"
     if name.endswith(".xml") or (root / WEBNLG_TEST).is_file() or any(root.glob("*/*triples/*.xml")):
         return "webnlg"
-    e2e = any((root / e2e_name).is_file() for names in SPLITS.values() for e2e_name in names)
-    if name.endswith(".jsonl") or (not e2e and any(root.glob("*.jsonl"))):
+    has_e2e = any((root / file).is_file() for files in SPLITS.values() for file in files)
+    if name.endswith(".jsonl") or (not has_e2e and any(root.glob("*.jsonl"))):
         return "jsonl"
     return "e2e"
 
@@ -64,14 +62,13 @@ def dataset_of(data_dir: str | Path) -> str:
 def read_pairs(data_dir: str | Path, split: str) -> list[tuple[str, str]]:
     """(source, target) training pairs of a split, in file order. E2E and JSONL strings are stripped (see
     example_ids); WebNLG and DART ones are the authors' verbatim (RECIPE-DATA2TEXT §2)."""
-    dataset = dataset_of(data_dir)
+    dataset, files = split_files(data_dir, split)
     if dataset in ("e2e", "jsonl"):
-        path = split_file(data_dir, split)
-        reader = {".csv": csv_pairs, ".jsonl": jsonl_pairs}.get(path.suffix, src1_pairs)
-        pairs = reader(read_text(path), str(path))
+        reader = {".csv": csv_pairs, ".jsonl": jsonl_pairs}.get(files[0].suffix, src1_pairs)
+        pairs = reader(read_text(files[0]), str(files[0]))
     else:
         pairs = []
-        for entry, texts in read_triples(data_dir, dataset, split):
+        for entry, texts in read_triples(files, dataset):
             pairs += [(entry.source, text) for text in texts if text.strip()]
     if not pairs:
         raise DataError(f"{data_dir}: no examples for split {split!r}.")
@@ -81,26 +78,34 @@ def read_pairs(data_dir: str | Path, split: str) -> list[tuple[str, str]]:
 def read_entries(data_dir: str | Path, split: str) -> list[Entry]:
     """What beam.py decodes and eval/ scores, in file order. E2E/JSONL: one Entry per unique source
     (group_refs). WebNLG and DART: one per entry, with every text whatever its comment (the official refs)."""
-    dataset = dataset_of(data_dir)
+    dataset, files = split_files(data_dir, split)
     if dataset in ("e2e", "jsonl"):
         return [Entry(source, refs, "") for source, refs in group_refs(read_pairs(data_dir, split))]
-    return [entry for entry, _ in read_triples(data_dir, dataset, split)]
+    return [entry for entry, _ in read_triples(files, dataset)]
 
 
-# --- E2E (CSV, the paper code's src1 files) and a user's JSONL
-
-def split_file(data_dir: str | Path, split: str) -> Path:
-    """The file holding `split`: a file path itself, a file in data_dir, or the split's known names."""
+def split_files(data_dir: str | Path, split: str) -> tuple[str, list[Path]]:
+    """The dataset and files of `split`: a file it names (in data_dir, or a path), data_dir if a file, or the first
+    of its names found in data_dir (WebNLG train/dev: all XML files, sorted: the order of the authors' JSON)."""
     root = Path(data_dir)
-    if root.is_file() and not Path(split).is_file():
-        return root
-    for name in (split, *SPLITS.get(split, ()), f"{split}.jsonl"):
-        if (root / name).is_file():
-            return root / name
-    expected = " or ".join((*SPLITS.get(split, ()), f"{split}.jsonl"))
-    raise DataError(f"{root}: no file for split {split!r} (expected {expected}). Get E2E from {E2E_URL} "
-                    f"(trainset.csv, devset.csv, testset_w_refs.csv), or give a JSONL file of "
-                    f'{{"source": ..., "target": ...}} lines.')
+    if (root / split).is_file():
+        root = root / split
+    dataset = dataset_of(root)
+    if root.is_file():
+        return dataset, [root]
+    if dataset == "webnlg":
+        names = [WEBNLG_TEST] if split == "test" else [f"{split}/*/*.xml"]
+    elif dataset == "dart":  # the JSON first: the authors' format
+        names = [DART_FILE.format(split=split) + suffix for suffix in (".json", ".xml")]
+    else:
+        names = [*SPLITS.get(split, ()), f"{split}.jsonl"]
+    for name in names:
+        files = sorted(root.glob(name))
+        if files:
+            return dataset, files
+    hint = f" Get E2E from {E2E_URL}, or give a JSONL file of {{\"source\": ..., \"target\": ...}} lines."
+    raise DataError(f"{root}: no {dataset} file for split {split!r} (expected {' or '.join(names)})."
+                    + (hint if dataset == "e2e" else ""))
 
 
 def read_text(path: Path) -> str:
@@ -111,6 +116,8 @@ def read_text(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable ({e}).") from None
 
+
+# --- E2E (CSV, the paper code's src1 files) and a user's JSONL
 
 def checked(source: str, target: str, where: str) -> tuple[str, str]:
     source, target = source.strip(), target.strip()
@@ -193,19 +200,8 @@ def group_refs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
 
 # --- WebNLG 2017 (the challenge's XML) and DART v1.1.1 (JSON or XML): entries of triples
 
-def read_triples(data_dir: str | Path, dataset: str, split: str) -> list[tuple[Entry, list[str]]]:
-    """A split's entries, each with the texts it trains on, in file order. WebNLG train/dev: the folder's
-    XML files in sorted path order, the order of the authors' JSON (data/webnlg/README.md)."""
-    root, dart = Path(data_dir), DART_FILE.format(split=split)
-    if root.is_file():
-        files = [root]
-    elif dataset == "dart":  # the JSON first: the authors' format
-        files = [path for path in (root / f"{dart}.json", root / f"{dart}.xml") if path.is_file()][:1]
-    else:
-        files = [root / WEBNLG_TEST] if split == "test" else sorted((root / split).glob("*/*.xml"))
-    if not files or not files[0].is_file():
-        raise DataError(f"{root}: no {dataset} file for split {split!r} (DART: {dart}.json or .xml; WebNLG: "
-                        f"{WEBNLG_TEST}, or XML files in {split}/*/).")
+def read_triples(files: list[Path], dataset: str) -> list[tuple[Entry, list[str]]]:
+    """The entries of WebNLG or DART files, each with the texts it trains on, in file order."""
     entries = []
     for path in files:
         entries += dart_json(path) if path.suffix == ".json" else triples_xml(path, dataset)
@@ -213,9 +209,8 @@ def read_triples(data_dir: str | Path, dataset: str, split: str) -> list[tuple[E
 
 
 def triples_xml(path: Path, dataset: str) -> list[tuple[Entry, list[str]]]:
-    """<entry category= eid=>: a <modifiedtripleset> of <mtriple>s | p | o</mtriple>, then <lex comment=>
-    texts. WebNLG trains on those whose comment is "good" (77 of 18,102 train ones are "toFix"), DART on all
-    (its comment is the text's origin), as the authors' code does (RECIPE-DATA2TEXT §2)."""
+    """<entry category= eid=>: <modifiedtripleset><mtriple>s | p | o</mtriple>..., then <lex comment=>text</lex>
+    elements. WebNLG trains on the "good" ones (77 of 18,102 train ones are "toFix"), DART on all (§2)."""
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as e:
@@ -239,11 +234,10 @@ def dart_json(path: Path) -> list[tuple[Entry, list[str]]]:
     entries = []
     for n, row in enumerate(rows, 1):
         try:
-            texts = [note["text"] for note in row["annotations"]]
+            texts = [note["text"] or "" for note in row["annotations"]]
             entries.append((triples_entry("dart", row["tripleset"], texts, "", f"{path}: entry {n}"), texts))
         except (KeyError, TypeError) as e:
-            raise DataError(f"{path}: entry {n}: no key {e} or not a list; expected the layout of "
-                            f"{DART_FILE.format(split='dev')}.json.") from None
+            raise DataError(f"{path}: entry {n}: no key {e}, or not a list; see the docstring's layout.") from None
     return entries
 
 
@@ -272,12 +266,10 @@ def prompt_ids(tok: tiktoken.Encoding, source: str) -> list[int]:
 def example_ids(tok: tiktoken.Encoding, source: str, target: str) -> tuple[list[int], list[int]]:
     """(idx, targets) of one example, targets[t] = idx[t+1]; labels up to the separator EOS are IGNORE.
 
-    The template is the authors' (RECIPE.md §1): `" " + source + " " + EOS + " " + target + " " + EOS`, so the
-    space tokens beside each EOS are kept (§6.5: we train on what the paper's tokenizer produced, and beam.py
-    prompts with the same ids). read_pairs strips the src1 files' trailing space, so E2E ends (..., 220, 50256)
-    with one 220 where the authors' files gave two; WebNLG and DART strings are theirs verbatim, and so are
-    the ids (a WebNLG source " | s : p : o" makes their two spaces before "|"). The loss covers the target,
-    its space tokens and the final EOS, which teaches the model to stop.
+    The authors' template (RECIPE.md §1) `" " + source + " " + EOS + " " + target + " " + EOS` keeps the spaces
+    beside each EOS (§6.5). E2E ends (..., 220, 50256) with one 220 where their src1 files gave two (read_pairs
+    strips); WebNLG and DART ids are theirs (a WebNLG source " | s : p : o" gives their two leading spaces). The
+    loss covers the target and the final EOS, which teaches the model to stop.
     """
     prompt = prompt_ids(tok, source)
     ids = prompt + tok.encode(f" {target} {EOS}", allowed_special={EOS})

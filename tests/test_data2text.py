@@ -147,3 +147,9 @@ def test_missing_split_names_the_expected_files(tmp_path):
     assert read_pairs(tmp_path, "dev") == [("a : b : c", "x")]
     with pytest.raises(DataError, match="no dart file for split 'train'.*dart-v1.1.1-full-train.json"):
         read_pairs(tmp_path, "train")
+
+
+def test_split_naming_a_file_is_read_by_its_own_format(tmp_path):
+    (tmp_path / "mine.jsonl").write_text('{"source": "a", "target": "b"}\n')
+    assert read_pairs(WEBNLG, str(tmp_path / "mine.jsonl")) == [("a", "b")]  # train.py: --train-split PATH
+    assert read_pairs(tmp_path, "mine.jsonl") == [("a", "b")]
