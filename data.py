@@ -237,7 +237,8 @@ def dart_json(path: Path) -> list[tuple[Entry, list[str]]]:
             texts = [note["text"] or "" for note in row["annotations"]]
             entries.append((triples_entry("dart", row["tripleset"], texts, "", f"{path}: entry {n}"), texts))
         except (KeyError, TypeError) as e:
-            raise DataError(f"{path}: entry {n}: no key {e}, or not a list; see the docstring's layout.") from None
+            raise DataError(f'{path}: entry {n}: no key {e} or a wrong type; a DART entry is {{"tripleset": '
+                            f'[[s, r, o], ...], "annotations": [{{"text": ...}}, ...]}}.') from None
     return entries
 
 
