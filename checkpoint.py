@@ -1,33 +1,28 @@
-"""Files on disk, in one place: Hugging Face GPT-2 checkpoints, safe writes, and train.py's run folder.
+"""Checkpoints on disk: Hugging Face GPT-2 folders (config.json, model.safetensors, shards, the hub).
 
 model.py is the model alone; this file reads config.json + model.safetensors (single or sharded, local or from
-the hub) into it, writes them back in Hugging Face's layout, and records what a run was (args.json), so that
-beam.py can open any run folder without parsing it itself. Everything read is checked before anything is
-allocated, and nothing is ever unpickled.
+the hub) into it and writes them back in Hugging Face's layout, through runfolder.py's safe writes. Everything
+read is checked before anything is allocated, and nothing is ever unpickled.
     model = from_pretrained("gpt2-medium")          # or a folder, a .safetensors file, hf:owner/name
     save_pretrained(model, "out/")                  # transformers' GPT2LMHeadModel.from_pretrained reads it
-    run = read_run("out/")                          # the settings train.py recorded, or None
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model import GELU_APPROX, GPT, GPTConfig
+from model import GPT, GPTConfig
+from runfolder import atomic_write, write_json
 
-RUN_FILE = "args.json"  # a run folder's record: its real settings, the base model and its fingerprint
 CONFIG_CAP = 1 << 20    # bytes of config.json read at most: a link to /dev/zero must not fill memory
 # Hugging Face's GPT-2 uses Conv1D, which stores each weight as (in, out): the transpose of nn.Linear's
 # (out, in). We transpose these four at load time, as zero-copy views, so the model is plain nn.Linear.
@@ -41,40 +36,7 @@ FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "
 
 
 class CheckpointError(Exception):
-    """A checkpoint or run folder could not be read or written; the message names the file, what is wrong, the fix."""
-
-
-# --- safe writes --------------------------------------------------------------------------------------------
-
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Write through a fresh temp file beside `path`, fsync, rename: a crash or a full disk never leaves a
-    half-written file under `path`, and the previous one stays whole. mkstemp creates the temp file
-    exclusively under a random name, so a link planted beside the target is never followed. A device or
-    pipe (/dev/null, /dev/stdout) is written into directly: renaming over it would replace the device."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder; name a file to write.")
-    if path.exists() and not path.is_file():
-        write(path)
-        return
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file follows the umask like any other
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: object) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+    """A checkpoint could not be read or written; the message names the file, what is wrong and the fix."""
 
 
 # --- reading Hugging Face checkpoints -------------------------------------------------------------------------
@@ -120,25 +82,14 @@ def read_config(folder: Path) -> GPTConfig:
         raise CheckpointError(f"{path}: unreadable (expected one JSON object of at most {CONFIG_CAP} bytes).")
     if "n_positions" not in raw and "n_ctx" in raw:  # the oldest configs only have n_ctx
         raw["n_positions"] = raw["n_ctx"]
-    if raw.get("activation_function", "gelu_new") not in GELU_APPROX:
-        raise CheckpointError(f"{path}: activation_function={raw['activation_function']!r} is not implemented "
-                              f"(supported: {sorted(GELU_APPROX)}).")
     for key, want in FIXED.items():
         if raw.get(key, want) != want:
             raise CheckpointError(f"{path}: {key}={raw[key]!r} is not implemented (GPT-2 has {want!r}); this "
                                   f"loader reads GPT-2 checkpoints only.")
-    config = GPTConfig(**{f.name: raw[f.name] for f in fields(GPTConfig) if f.name in raw})
-    for f in fields(GPTConfig):
-        value, kind = getattr(config, f.name), type(f.default)
-        bad = type(value) is not kind and not (kind is float and type(value) is int)
-        if bad or (kind in (int, float) and not (math.isfinite(value) and value >= 0)):
-            raise CheckpointError(f"{path}: {f.name}={value!r}; expected a non-negative {kind.__name__}.")
-    if min(config.n_layer, config.n_head, config.n_embd, config.n_positions, config.vocab_size) < 1 \
-            or config.n_embd % config.n_head or not 0 < config.layer_norm_epsilon < 1 \
-            or max(config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) >= 1:
-        raise CheckpointError(f"{path}: n_layer, n_head, n_embd, n_positions, vocab_size must be >= 1 with n_embd "
-                              f"divisible by n_head, 0 < layer_norm_epsilon < 1 and dropout < 1; got {config}.")
-    return config
+    try:  # GPTConfig checks types and ranges itself
+        return GPTConfig(**{f.name: raw[f.name] for f in fields(GPTConfig) if f.name in raw})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}.") from None
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -249,24 +200,3 @@ def fingerprint(model: GPT) -> str:
         t = sd[name].detach().flatten()
         h.update(t[:: max(1, t.numel() // 4096)].to(torch.bfloat16).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-# --- the run folder ---------------------------------------------------------------------------------------------
-
-def write_run(out: Path, settings: dict) -> None:
-    """Record a run once, with its real settings (after --prefix-init has set P, say): args.json."""
-    write_json(out / RUN_FILE, settings)
-
-
-def read_run(folder: str | Path) -> dict | None:
-    """The settings train.py recorded in a run folder; None when `folder` is not a run (a plain checkpoint)."""
-    path = Path(folder) / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        run = json.loads(path.read_text())
-        if not all(isinstance(run.get(k), str) for k in ("tuner", "init_from")):
-            raise ValueError("no 'tuner' or 'init_from'")
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e}). Was it written by train.py?") from None
-    return run

@@ -12,7 +12,7 @@ Hugging Face checkpoints is checkpoint.py's job; this file is the model alone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +41,23 @@ class GPTConfig:
     embd_pdrop: float = 0.1
     attn_pdrop: float = 0.1
     resid_pdrop: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Refuse, by name, a value that would only fail later (or hang: n_layer 10**6) or compute junk."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if type(value) is not kind and not (kind is float and type(value) is int):
+                raise ValueError(f"{f.name}={value!r}: expected a {kind.__name__}")
+        sizes = (self.n_layer, self.n_head, self.n_embd, self.n_positions, self.vocab_size)
+        if min(sizes) < 1 or self.n_embd % self.n_head:
+            raise ValueError(f"n_layer, n_head, n_embd, n_positions, vocab_size = {sizes}: each must be at least 1, "
+                             f"and n_embd divisible by n_head")
+        if not 0 < self.layer_norm_epsilon < 1 or not all(0 <= p < 1 for p in (self.embd_pdrop, self.attn_pdrop,
+                                                                                self.resid_pdrop)):
+            raise ValueError(f"layer_norm_epsilon={self.layer_norm_epsilon} must be in (0, 1), dropout in [0, 1)")
+        if self.activation_function not in GELU_APPROX:
+            raise ValueError(f"activation_function={self.activation_function!r} is not implemented "
+                             f"(supported: {sorted(GELU_APPROX)})")
 
     @property
     def head_dim(self) -> int:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from checkpoint import atomic_write, write_json
+from runfolder import atomic_write, write_json
 
 Params = dict[str, torch.nn.Parameter]  # trained parameters by name, in the optimizer's order
 

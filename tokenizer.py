@@ -13,7 +13,8 @@ from pathlib import Path
 import tiktoken
 import tiktoken.load
 
-from checkpoint import CheckpointError, atomic_write
+from checkpoint import CheckpointError
+from runfolder import atomic_write
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # tiktoken's source, name and sha256:

@@ -29,17 +29,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prefix
-from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained, write_json
+from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
 from cli import arg, parse
 from data import IGNORE, DataError, collate, epoch_batches, example_ids, read_pairs, subset
 from model import GPT, SHAPES, GPTConfig, flops_per_token
 from resume import ResumeError, load_state, read_state, save_state
+from runfolder import LOG_FILE, RunFolderError, claim, read_log, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
 from tuner import TUNERS, nll_sum, objective
 
 LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
 SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite")
-LOCK = ".lock"  # an out-dir's owner: one run writes a folder at a time
 
 
 @dataclass
@@ -123,32 +123,6 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     return GPT(GPTConfig(**shape)).eval(), None
 
 
-def claim_out_dir(out: Path, cfg: TrainConfig, base: Path | None) -> Path:
-    """Create --out-dir and lock it (an exclusive file holding our pid); refuse a folder that would lose work."""
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"--out-dir {out}: is a file; name a folder.")
-    if base is not None and cfg.tuner == "fine" and out.resolve() == base.resolve():
-        raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base. "
-                         f"Choose another --out-dir.")
-    used = [n for n in ("args.json", "log.jsonl", "resume") if (out / n).exists()]
-    if used and not cfg.resume and not cfg.overwrite:
-        raise TrainError(f"--out-dir {out} already holds a run ({', '.join(used)}). Add --resume to continue it, "
-                         f"--overwrite to replace it, or choose another folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        pid = lock.read_text().strip()
-        alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
-        raise TrainError(f"--out-dir {out}: another train.py (pid {pid}) is writing to it." if alive else
-                         f"--out-dir {out}: a stale lock from pid {pid}, which is not running (a killed run). "
-                         f"If no run uses this folder, delete {lock} and start again.") from None
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    return lock
-
-
 def resume_from(out: Path, params: dict, opt: torch.optim.Optimizer, run: dict) -> int:
     """--resume: the step to continue from, after refusing a checkpoint written with other arguments or base."""
     state = read_state(out / "resume")
@@ -164,18 +138,6 @@ def resume_from(out: Path, params: dict, opt: torch.optim.Optimizer, run: dict) 
         raise TrainError(f"--resume: {out / 'resume'} was written with other arguments: " + ", ".join(
             f"--{k.replace('_', '-')} {state['config'][k]!r} (now {run.get(k)!r})" for k in changed))
     return load_state(out / "resume", state, params, opt)
-
-
-def read_log(path: Path, upto: int) -> tuple[str, int]:
-    """A resumed run keeps its log up to the checkpoint; a line torn by a kill mid-write is dropped (and counted)."""
-    kept, torn = [], 0
-    for line in (path.read_text().split("\n") if path.is_file() else []):
-        try:
-            row = json.loads(line)
-            kept += [line] if row["step"] <= upto else []
-        except (ValueError, KeyError, TypeError):
-            torn += bool(line.strip())
-    return "".join(r + "\n" for r in kept), torn
 
 
 def optimizer(tuner: torch.nn.Module, cfg: TrainConfig, device: torch.device):
@@ -235,7 +197,9 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     run = {**asdict(cfg), "init_from": str(base.resolve()) if base else str((out / "base").resolve()),
            "init_from_arg": cfg.init_from, "world_size": world, "base_fingerprint": fingerprint(model),
            "params": counts}
-    lock = claim_out_dir(out, cfg, base) if rank == 0 else None
+    if base is not None and cfg.tuner == "fine" and out.resolve() == base.resolve():
+        raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base.")
+    lock = claim(out, cfg.resume, cfg.overwrite) if rank == 0 else None
     try:
         params, opt = optimizer(tuner, cfg, device)
         start = resume_from(out, params, opt, run) if cfg.resume else 0
@@ -310,11 +274,11 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
 def start_run_folder(out: Path, cfg: TrainConfig, run: dict, model: GPT, base: Path | None, start: int,
                      say) -> None:
     """Record the run (args.json), keep the log up to a resumed checkpoint, and save a random base beside it."""
-    log, torn = read_log(out / "log.jsonl", start) if cfg.resume else ("", 0)
+    log, torn = read_log(out / LOG_FILE, start) if cfg.resume else ("", 0)
     if torn:
-        say(f"note: skipped {torn} torn line(s) in {out / 'log.jsonl'} (a run killed mid-write)")
-    write_json(out / "args.json", run)
-    (out / "log.jsonl").write_text(log)
+        say(f"note: skipped {torn} torn line(s) in {out / LOG_FILE} (a run killed mid-write)")
+    write_run(out, run)
+    (out / LOG_FILE).write_text(log)
     if base is None:  # a random base: beam.py loads it from the run folder
         save_pretrained(model, out / "base")
     write_tokenizer_files(base, out)  # a run folder decodes with the tokenizer it was trained with
@@ -333,7 +297,7 @@ def checkpoint_step(out: Path, cfg: TrainConfig, done: int, row: dict | None, pa
     """The log row (one whole line per write: a crash loses at most that row) and, when due, the resume state."""
     try:
         if row:
-            with (out / "log.jsonl").open("a") as f:
+            with (out / LOG_FILE).open("a") as f:
                 f.write(json.dumps(row) + "\n")
         if done % cfg.save_every == 0 or done == cfg.max_steps or stopping:
             save_state(out / "resume", done, params, opt, run)
@@ -375,7 +339,7 @@ def plot_losses(out: Path, title: str) -> None:
     except ImportError:
         print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
         return
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().split("\n") if line]
+    rows = [json.loads(line) for line in (out / LOG_FILE).read_text().split("\n") if line]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, style in (("tok_loss", "-"), ("val_loss", "o-")):
         ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], style, label=key)
@@ -389,5 +353,5 @@ def plot_losses(out: Path, title: str) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (TrainError, DataError, CheckpointError, ResumeError, prefix.PrefixError) as e:
+    except (TrainError, DataError, CheckpointError, ResumeError, RunFolderError, prefix.PrefixError) as e:
         sys.exit(f"train.py: error: {e}")

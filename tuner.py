@@ -20,9 +20,10 @@ import tiktoken
 import torch
 import torch.nn as nn
 
-from checkpoint import CheckpointError, from_pretrained, read_run, resolve, save_pretrained
+from checkpoint import CheckpointError, from_pretrained, resolve, save_pretrained
 from model import IGNORE_INDEX, GPT, GPTOutput, PastKV
 from prefix import PrefixTuner
+from runfolder import read_run
 from tokenizer import load_tokenizer
 
 
