@@ -1,8 +1,9 @@
-"""prefix.py against PEFT's prefix tuning (both ways), against the model's own KV, and on bad input.
+"""prefix.py (and past.py, prefix_files.py behind it) against PEFT's prefix tuning, the model's own KV, bad input.
 
 PEFT is the reference for the layout (flat L0-key, L0-value, L1-key, ...) and for the positions: its forward
 prepends ones to the attention mask and lets GPT-2 place the tokens at P.., offsetting any position_ids by P.
 """
+import importlib
 import json
 import shutil
 
@@ -46,6 +47,16 @@ def peft_model(folder, P, projection, seed=0):
 @pytest.fixture(scope="module")
 def tiny(tiny_ckpt):
     return GPT.from_pretrained(tiny_ckpt)
+
+
+def test_prefix_is_the_whole_api():
+    """prefix.<name> is what callers, the README and outside checks use; the split files stay behind it."""
+    api = importlib.import_module("prefix")
+    for home, names in [("past", "PrefixError flatten unflatten stack mix"), ("checkpoint", "fingerprint"),
+                        ("prefix_files", "PARAMETERIZATIONS PREFIX_FILE load save load_peft save_peft")]:
+        assert all(getattr(api, n) is getattr(importlib.import_module(home), n) for n in names.split())
+    assert all(hasattr(api, n) for n in api.__all__)
+    assert callable(api.Prefix.export) and api.PrefixTuner.name == "prefix"
 
 
 # --- the layout, and PEFT both ways -----------------------------------------------------------------------
