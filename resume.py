@@ -7,6 +7,7 @@ mid-save leaves the previous checkpoint whole.
     save_state(out / "resume", step, params, opt, config)      # every --save-every steps, and on SIGTERM
     state = read_state(out / "resume")                         # {"step", "file", "config"} or None
     step = load_state(out / "resume", state, params, opt)
+    step = resume_from(out / "resume", params, opt, run)       # the same, after checking it is this run's
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from runfolder import atomic_write, write_json
+from runfolder import LOG_FILE, atomic_write, write_json
 
 Params = dict[str, torch.nn.Parameter]  # trained parameters by name, in the optimizer's order
+# Settings that may change on --resume; any other difference means another run and is refused.
+SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite")
 
 
 class ResumeError(Exception):
@@ -71,11 +74,13 @@ def load_state(folder: Path, state: dict, params: Params, opt: torch.optim.Optim
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise ResumeError(f"{path}: missing or damaged ({e}). Start again without --resume.") from None
-    want = {f"param/{n}": p.shape for n, p in params.items()}
-    bad = [k for k, shape in want.items() if k not in tensors or tensors[k].shape != shape] + \
-          [k for k in ("rng/cpu",) if k not in tensors]
-    if bad:
-        raise ResumeError(f"{path}: tensors missing or of the wrong shape: {bad[:3]}. Is it from this run?")
+    shapes = {f"param/{n}": p.shape for n, p in params.items()}
+    shapes |= {k: params[k.split("/")[1]].shape for k, v in tensors.items()  # AdamW's moments: a parameter's shape
+               if k.startswith("opt/") and v.dim() > 0 and k.split("/")[1] in params}
+    bad = [k for k, shape in shapes.items() if k not in tensors or tensors[k].shape != shape]
+    if bad or "rng/cpu" not in tensors:
+        raise ResumeError(f"{path}: tensors missing or of the wrong shape: {(bad or ['rng/cpu'])[:3]}. Is it from "
+                          f"this run?")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
@@ -89,3 +94,34 @@ def load_state(folder: Path, state: dict, params: Params, opt: torch.optim.Optim
     opt.load_state_dict(sd)
     torch.set_rng_state(tensors["rng/cpu"])
     return state["step"]
+
+
+def resume_from(folder: Path, params: Params, opt: torch.optim.Optimizer, run: dict) -> int:
+    """--resume: the step to continue from, after refusing a checkpoint written with other arguments or base."""
+    state = read_state(folder)
+    if state is None:
+        raise ResumeError(f"--resume: {folder / 'state.json'} not found; no checkpoint to continue from. "
+                          f"Drop --resume to start anew.")
+    recorded = state["config"].get("base_fingerprint")
+    if recorded != run["base_fingerprint"]:
+        raise ResumeError(f"--resume: the run was trained on base {recorded}, but --init-from {run['init_from_arg']} "
+                          f"is now {run['base_fingerprint']} (its weights changed). Resume with the original base.")
+    changed = [k for k, v in state["config"].items() if k not in SAME_RUN and run.get(k) != v]
+    if changed:
+        raise ResumeError(f"--resume: {folder} was written with other arguments: " + ", ".join(
+            f"--{k.replace('_', '-')} {state['config'][k]!r} (now {run.get(k)!r})" for k in changed))
+    return load_state(folder, state, params, opt)
+
+
+def save_step(out: Path, done: int, row: dict | None, params: Params, opt: torch.optim.Optimizer, run: dict,
+              due: bool) -> None:
+    """The log row (one whole line per write: a crash loses at most that row) and, when due, the resume state."""
+    try:
+        if row:
+            with (out / LOG_FILE).open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        if due:
+            save_state(out / "resume", done, params, opt, run)
+    except OSError as e:
+        raise ResumeError(f"step {done}: could not write to {out} ({e.strerror or e}: {e.filename}); the previous "
+                          f"checkpoint is kept. Free space, then continue with --resume.") from None

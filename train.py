@@ -19,7 +19,6 @@ import math
 import os
 import signal
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,13 +32,13 @@ from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, s
 from cli import arg, parse
 from data import IGNORE, DataError, collate, epoch_batches, example_ids, read_pairs, subset
 from model import GPT, SHAPES, GPTConfig, flops_per_token
-from resume import ResumeError, load_state, read_state, save_state
+from report import Meter, line_plot
+from resume import ResumeError, resume_from, save_step
 from runfolder import LOG_FILE, RunFolderError, claim, read_log, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
-from tuner import TUNERS, nll_sum, objective
+from tuner import TUNERS, adamw, nll_sum, objective
 
 LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
-SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite")
 
 
 @dataclass
@@ -123,34 +122,6 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     return GPT(GPTConfig(**shape)).eval(), None
 
 
-def resume_from(out: Path, params: dict, opt: torch.optim.Optimizer, run: dict) -> int:
-    """--resume: the step to continue from, after refusing a checkpoint written with other arguments or base."""
-    state = read_state(out / "resume")
-    if state is None:
-        raise TrainError(f"--resume: {out / 'resume' / 'state.json'} not found; no checkpoint to continue from. "
-                         f"Drop --resume to start anew.")
-    recorded = state["config"].get("base_fingerprint")
-    if recorded != run["base_fingerprint"]:
-        raise TrainError(f"--resume: the run was trained on base {recorded}, but --init-from {run['init_from_arg']} "
-                         f"is now {run['base_fingerprint']} (its weights changed). Resume with the original base.")
-    changed = [k for k, v in state["config"].items() if k not in SAME_RUN and run.get(k) != v]
-    if changed:
-        raise TrainError(f"--resume: {out / 'resume'} was written with other arguments: " + ", ".join(
-            f"--{k.replace('_', '-')} {state['config'][k]!r} (now {run.get(k)!r})" for k in changed))
-    return load_state(out / "resume", state, params, opt)
-
-
-def optimizer(tuner: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW over the trained parameters only, named in the optimizer's order (for resume.save_state)."""
-    trained = {n: p for n, p in tuner.named_parameters() if p.requires_grad}
-    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
-    rest = {n: p for n, p in trained.items() if n not in decay}
-    groups = [{"params": list(decay.values()), "weight_decay": cfg.weight_decay},
-              {"params": list(rest.values()), "weight_decay": 0.0}]
-    fused = device.type in ("cpu", "cuda")
-    return decay | rest, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
-
-
 # --- the run ------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +145,25 @@ def main(argv: list[str] | None = None) -> None:
             dist.destroy_process_group()
 
 
+class Batches:
+    """The training examples in the order a run sees them, a function of the seed and the epoch alone: a resumed
+    run draws exactly the batches the uninterrupted one would have. Each process takes every world-th batch."""
+
+    def __init__(self, examples: list, cfg: TrainConfig, world: int, rank: int, pad_id: int):
+        self.examples, self.cfg, self.world, self.rank, self.pad_id = examples, cfg, world, rank, pad_id
+        self.lengths = [len(idx) for idx, _ in examples]
+        n = len(epoch_batches(self.lengths, cfg.batch_size, cfg.seed)) // world
+        self.per_epoch = n // cfg.grad_accum * cfg.grad_accum  # micro-batches per epoch and process
+        self.epoch, self.order = -1, []
+
+    def __call__(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, pos = divmod(micro_step, self.per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed + epoch, self.cfg.bucket)
+        return collate([self.examples[i] for i in self.order[pos * self.world + self.rank]], self.pad_id)
+
+
 def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
     say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
@@ -181,56 +171,52 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
     valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
     model, base = load_base(cfg)
+    if base is not None and cfg.tuner == "fine" and out.resolve() == base.resolve():
+        raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base.")
     tok = load_tokenizer(base)  # offline without tokenizer files: a CheckpointError that says what to do
     tuner = TUNERS[cfg.tuner].build(model.to(device), tok, **asdict(cfg)).to(device)
-    counts = tuner.counts()
-    fits = model.config.n_positions - tuner.settings().get("prefix_len", 0)  # the paper never truncates
+    P = tuner.settings().get("prefix_len", 0)
+    fits = model.config.n_positions - P  # the paper never truncates; a short-context model drops what won't fit
     train_ex = [e for e in (example_ids(tok, s, t) for s, t in pairs) if len(e[0]) <= fits]
     valid_ex = [e for e in (example_ids(tok, s, t) for s, t in valid) if len(e[0]) <= fits][rank::world]
-    lengths = [len(i) for i, _ in train_ex]
-    micro = (len(epoch_batches(lengths, cfg.batch_size, cfg.seed)) // world) // cfg.grad_accum * cfg.grad_accum
-    if micro == 0:
+    batches = Batches(train_ex, cfg, world, rank, tok.eot_token)
+    if batches.per_epoch == 0:
         raise TrainError(f"{len(train_ex)} training pairs do not fill one step of --batch-size {cfg.batch_size} × "
                          f"--grad-accum {cfg.grad_accum} × {world} processes.")
-    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * micro // cfg.grad_accum, **tuner.settings())
+    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * batches.per_epoch // cfg.grad_accum, **tuner.settings())
     # The run's record, written once with its real settings; beam.py opens the folder through tuner.open_run.
+    counts = tuner.counts()
     run = {**asdict(cfg), "init_from": str(base.resolve()) if base else str((out / "base").resolve()),
            "init_from_arg": cfg.init_from, "world_size": world, "base_fingerprint": fingerprint(model),
            "params": counts}
-    if base is not None and cfg.tuner == "fine" and out.resolve() == base.resolve():
-        raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base.")
     lock = claim(out, cfg.resume, cfg.overwrite) if rank == 0 else None
     try:
-        params, opt = optimizer(tuner, cfg, device)
-        start = resume_from(out, params, opt, run) if cfg.resume else 0
+        params, opt = adamw(tuner, cfg.lr, cfg.weight_decay, device)
+        start = resume_from(out / "resume", params, opt, run) if cfg.resume else 0
         if rank == 0:
             start_run_folder(out, cfg, run, model, base, start, say)
         say(f"{cfg.tuner}-tuning: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of "
             f"{counts['model']:,}), stores {counts['stored']:,} ({counts['stored_frac']:.3%})")
-        if len(train_ex) < len(pairs):
-            say(f"note: left out {len(pairs) - len(train_ex)} training pairs longer than {fits} tokens")
-        say(f"{len(train_ex):,} training pairs, {cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × "
-            f"{world}, lr {cfg.lr:g}" + (f", resuming at step {start}" if start else ""))
+        say(f"{len(train_ex):,} training pairs ({len(pairs) - len(train_ex)} longer than {fits} tokens left out), "
+            f"{cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, lr {cfg.lr:g}"
+            + (f", resuming at step {start}" if start else ""))
         wrapped = DDP(tuner) if world > 1 else tuner  # DDP averages gradients over processes
         step_fn = torch.compile(wrapped) if cfg.compile else wrapped
         autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
-        t0 = t_log = time.time()
-        tokens, orders = 0, {}
+        T = P + sum(batches.lengths) / len(batches.lengths)  # MFU at the mean example length
+        meter = Meter(cfg.max_steps, start, world, flops_per_token(model.config, T, tuner.weights_learn), cfg.peak_tflops)
+        # The loop: accumulate, clip, step; log, validate, checkpoint; stop cleanly on a signal.
         for step in range(start, cfg.max_steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
             for a in range(cfg.grad_accum):
-                epoch, pos = divmod(step * cfg.grad_accum + a, micro)
-                if epoch not in orders:  # the order is a function of seed and epoch: a resumed run sees the same
-                    orders = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)}
-                idx, targets = collate([train_ex[i] for i in orders[epoch][pos * world + rank]], tok.eot_token)
-                idx, targets = idx.to(device), targets.to(device)  # (B, T)
+                idx, targets = (t.to(device) for t in batches(step * cfg.grad_accum + a))  # (B, T)
                 with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext(), autocast:
                     nll, n_tok = nll_sum(step_fn(idx, targets).loss, targets), (targets != IGNORE).sum()
                     (objective(nll, n_tok, idx.size(0), tuner.per_sequence_loss) / cfg.grad_accum).backward()
                 stats += torch.stack([nll.detach(), n_tok.float(), torch.tensor(float(idx.size(0)), device=device)])
-                tokens += idx.numel()
+                meter.tokens += idx.numel()
             if world > 1:
                 dist.all_reduce(stats)
             loss = objective(stats[0], stats[1], stats[2], tuner.per_sequence_loss).item()
@@ -245,22 +231,14 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             sync_stop(stop, world, device)
             row = None
             if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
-                now = time.time()
-                tps = tokens * world / (now - t_log)
-                mfu = tps * flops_per_token(model.config, idx.size(1), tuner.weights_learn) / (cfg.peak_tflops * 1e12)
-                row = dict(step=done, loss=loss, tok_loss=(stats[0] / stats[1]).item(), lr=lr_at(step, cfg),
-                           tok_per_s=tps, elapsed_s=now - t0)
-                if device.type == "cuda":  # the paper's table reports memory; this is the GPU's high-water mark
-                    row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                eta = (now - t0) / (done - start) * (cfg.max_steps - done)
-                say(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | {tps:,.0f} tok/s | "
-                    f"ETA {eta / 60:.1f} min | MFU {mfu:.2%}")
-                tokens, t_log = 0, now
+                row = meter.row(done, loss, (stats[0] / stats[1]).item(), lr_at(step, cfg), device)
+                say(meter.line(row))
             if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
                 row = (row or dict(step=done)) | dict(val_loss=evaluate(step_fn, valid_ex, cfg, tok.eot_token, device, world))
                 say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
             if rank == 0:
-                checkpoint_step(out, cfg, done, row, params, opt, run, bool(stop))
+                due = done % cfg.save_every == 0 or done == cfg.max_steps or bool(stop)
+                save_step(out, done, row, params, opt, run, due)
             if stop and done < cfg.max_steps:
                 say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
                 return
@@ -292,20 +270,6 @@ def sync_stop(stop: list[str], world: int, device: torch.device) -> None:
         stop += ["a signal on another process"] if flag.item() and not stop else []
 
 
-def checkpoint_step(out: Path, cfg: TrainConfig, done: int, row: dict | None, params: dict,
-                    opt: torch.optim.Optimizer, run: dict, stopping: bool) -> None:
-    """The log row (one whole line per write: a crash loses at most that row) and, when due, the resume state."""
-    try:
-        if row:
-            with (out / LOG_FILE).open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        if done % cfg.save_every == 0 or done == cfg.max_steps or stopping:
-            save_state(out / "resume", done, params, opt, run)
-    except OSError as e:
-        raise TrainError(f"step {done}: could not write to {out} ({e.strerror or e}: {e.filename}); the previous "
-                         f"checkpoint is kept. Free space, then continue with --resume.") from None
-
-
 @torch.no_grad()
 def evaluate(step_fn, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int) -> float:
     """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
@@ -329,25 +293,11 @@ def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) ->
     except OSError as e:
         raise TrainError(f"could not write the trained weights to {out} ({e.strerror or e}); the resume "
                          f"checkpoint is kept: free space, then run again with --resume.") from None
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
-    plot_losses(out, f"{cfg.tuner}-tuning {cfg.init_from}")
-
-
-def plot_losses(out: Path, title: str) -> None:
-    try:
-        import matplotlib.pyplot as plt  # headless, it falls back to the Agg backend by itself
-    except ImportError:
-        print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
-        return
+    print(f"wrote {path} ({path.stat().st_size / 2**10:,.1f} KiB)")
     rows = [json.loads(line) for line in (out / LOG_FILE).read_text().split("\n") if line]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("tok_loss", "-"), ("val_loss", "o-")):
-        ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], style, label=key)
-    ax.set(xlabel="step", ylabel="NLL per target token", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
-    plt.close(fig)
+    curves = {k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r]) for k in ("tok_loss", "val_loss")}
+    if not line_plot(out / "loss.png", curves, "step", "NLL per target token", f"{cfg.tuner}-tuning {cfg.init_from}"):
+        print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,17 @@ def objective(nll_sum: torch.Tensor, n_tok: torch.Tensor, n_seq: int | torch.Ten
     return nll_sum / n_seq if per_sequence else nll_sum / n_tok
 
 
+def adamw(tuner: nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """AdamW over the tuner's trainable parameters only, named in the optimizer's order (for resume.save_state)."""
+    trained = {n: p for n, p in tuner.named_parameters() if p.requires_grad}
+    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
+    rest = {n: p for n, p in trained.items() if n not in decay}
+    groups = [{"params": list(decay.values()), "weight_decay": weight_decay},
+              {"params": list(rest.values()), "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda")
+    return decay | rest, torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
 def open_run(ckpt: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
              allow_other_base: bool = False) -> tuple[GPT, PastKV | None, tiktoken.Encoding, dict | None]:
     """A train.py run folder, or a plain Hugging Face GPT-2 (folder or hub name) -> model, past_kv, tokenizer, and the

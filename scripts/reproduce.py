@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data import read_pairs, subset  # noqa: E402
+from report import line_plot  # noqa: E402
 
 E2E_ZIP = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
 E2E_FILES = ("trainset.csv", "devset.csv", "testset_w_refs.csv")
@@ -127,20 +128,8 @@ def write_results(name: str, rows: list[dict], text: str, a: argparse.Namespace)
 
 
 def plot(path: Path, xs: list, series: dict[str, list[float]], xlabel: str, title: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not line_plot(path, {label: (xs, ys) for label, ys in series.items()}, xlabel, "BLEU", title):
         print(f"note: matplotlib is not installed, so no {path.name} (pip install matplotlib)")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, ys in series.items():
-        ax.plot(xs, ys, "o-", label=label)
-    ax.set(xlabel=xlabel, ylabel="BLEU", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- the experiments ---------------------------------------------------------------------------------------

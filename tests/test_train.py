@@ -19,6 +19,7 @@ import prefix
 import train
 from conftest import E2E_DIR, ROOT
 from data import DataError
+from resume import ResumeError
 from model import GPT
 
 
@@ -72,7 +73,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tiny_ckpt, tmp_path):
     assert proc.returncode == 0 and "stopped by SIGTERM" in output, output
     stopped = json.loads((cut / "resume" / "state.json").read_text())["step"]
     assert 3 <= stopped < 14
-    with pytest.raises(train.TrainError, match="--lr 0.01"):  # another schedule: refused
+    with pytest.raises(ResumeError, match="--lr 0.01"):  # another schedule: refused
         train.main(args(tiny_ckpt, cut, *steps[:-1], "2e-2", "--resume"))
     train.main(args(tiny_ckpt, cut, *steps, "--resume"))
     whole, resumed = log_rows(tmp_path / "whole"), log_rows(cut)
@@ -110,7 +111,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_ckpt, tmp_path, mo
 @pytest.mark.parametrize("extra,error,message", [
     (["--batch-size", "0"], train.TrainError, "--batch-size=0"),
     (["--tuner", "fine", "--prefix-init", "table-to-text:"], train.TrainError, "--prefix-init only applies"),
-    (["--resume"], train.TrainError, "no checkpoint"),
+    (["--resume"], ResumeError, "no checkpoint"),
     (["--init-from", "random:huge"], train.TrainError, "unknown shape"),
     (["--data-dir", "/nonexistent"], DataError, "tuetschek/e2e-dataset"),
 ])
