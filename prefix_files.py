@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from checkpoint import atomic_write, fingerprint
+from checkpoint import fingerprint
+from runfolder import atomic_write
 from model import GPT, PastKV
 from past import PrefixError, check_finite, flatten, shape_of, to_model, unflatten
 
