@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import tiktoken
@@ -23,10 +22,11 @@ import torch
 
 import data
 import prefix
-from checkpoint import CheckpointError
+from checkpoint import CheckpointError, fingerprint
 from runfolder import RunFolderError, atomic_write
 from cli import arg, parse
 from model import GPT, PastKV
+from report import progress
 from search import BeamConfig, BeamError, Hyp, beam_search, check_lengths  # noqa: F401  (beam.beam_search is public)
 from tuner import open_run
 
@@ -52,7 +52,8 @@ class DecodeConfig:
     prefix: list[str] | None = arg(None, "prefix file or folder, FILE[:WEIGHT] (default: the run's own); several are "
                                          "mixed, weights summing to 1", action="append", metavar="FILE[:WEIGHT]")
     allow_other_base: bool = arg(False, "load a prefix trained on other base weights")
-    prompts: str = arg("", "UTF-8 text file, one prompt a line, encoded as is")
+    prompts: str = arg("", "UTF-8 text file, one source a line, decoded in the run's template (see --raw)")
+    raw: bool = arg(False, "with --prompts: continue each line as plain text, without the training template")
     data_dir: str = arg("", "a dataset folder (as train.py's): prompts are its unique sources, the recipe's "
                             "encoding and decoding settings")
     split: str = arg("test", "with --data-dir: a split name (train, dev, test), a file in it, or a path")
@@ -79,13 +80,13 @@ def parse_prefix(spec: str) -> tuple[str, float]:
     return (m[1], float(m[2])) if m else (spec, 1.0)
 
 
-def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encoding]:
-    """The model and its past: the run's own (tuner.open_run), or the --prefix files mixed on its base."""
-    model, past, tok, _ = open_run(cfg.ckpt, getattr(torch, cfg.dtype), cfg.device, cfg.allow_other_base)
+def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encoding, dict | None]:
+    """The model and its past (the run's own, or the --prefix files mixed on its base), and the run's record."""
+    model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), cfg.device, cfg.allow_other_base)
     if cfg.prefix:
         weighted = [(prefix.load(path, model, cfg.allow_other_base), w) for path, w in map(parse_prefix, cfg.prefix)]
         past = prefix.mix(weighted)  # one prefix of weight 1 mixes to itself
-    return model, past, tok
+    return model, past, tok, run
 
 
 def read_prompts(path: str) -> list[str]:
@@ -101,13 +102,6 @@ def read_prompts(path: str) -> list[str]:
         if not line:
             raise BeamError(f"{path}, line {number}: an empty prompt. Remove the blank line.")
     return lines
-
-
-def show_progress(done: int, total: int, start: float) -> None:
-    elapsed = time.time() - start
-    eta = elapsed / done * (total - done) if done else 0.0
-    print(f"\r[{'#' * (30 * done // total):<30}] {done}/{total} prompts  {elapsed:.0f}s elapsed, ETA {eta:.0f}s",
-          end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
@@ -136,21 +130,41 @@ def check_out(out: str, with_side_files: bool) -> Path | None:
     return path
 
 
+def sources_of(cfg: DecodeConfig, run: dict | None) -> tuple[list[str], list[data.Entry] | None, bool]:
+    """The sources to decode, the dataset's entries (with --data-dir), and whether to wrap them in the template.
+
+    A run folder records the template it was trained in; its --prompts lines are *sources* in that template, as
+    --data-dir's are (a fine-tuned model ignores a bare line). A bare base model, or --raw, continues plain text.
+    """
+    if cfg.data_dir:
+        entries = data.read_entries(cfg.data_dir, cfg.split)[:cfg.limit or None]
+        return list(dict.fromkeys(e.source for e in entries)), entries, True  # each distinct source decoded once
+    templated = run is not None and bool(run.get("template", True)) and not cfg.raw
+    return read_prompts(cfg.prompts)[:cfg.limit or None], None, templated
+
+
+def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: PastKV | None,
+               batch_size: int) -> list[Hyp]:
+    """Every prompt's best hypothesis, in input order. Similar lengths share a batch (less padding); a prompt
+    decodes the same in any batch, so the order is free."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    hyps: list[Hyp | None] = [None] * len(prompts)
+    for batch in progress(batches, len(batches), "batch"):
+        for i, hyp in zip(batch, beam_search(model, [prompts[i] for i in batch], search, past)):
+            hyps[i] = hyp
+    return hyps
+
+
 def decode(cfg: DecodeConfig) -> None:
     if bool(cfg.prompts) == bool(cfg.data_dir):
         raise BeamError("give exactly one of --prompts FILE and --data-dir DIR.")
-    on_data = bool(cfg.data_dir)
-    out = check_out(cfg.out, on_data)
-    model, past, tok = load_decoder(cfg)
-    if on_data:
-        groups = data.group_refs(data.read_pairs(cfg.data_dir, cfg.split))[:cfg.limit or None]
-        sources = [source for source, _ in groups]
-        prompts = [data.prompt_ids(tok, source) for source in sources]
-    else:
-        sources = read_prompts(cfg.prompts)[:cfg.limit or None]
-        prompts = [tok.encode(line, allowed_special="all") for line in sources]
+    out = check_out(cfg.out, bool(cfg.data_dir))
+    model, past, tok, run = load_decoder(cfg)
+    sources, entries, templated = sources_of(cfg, run)
+    prompts = [data.prompt_ids(tok, s) if templated else tok.encode(s, allowed_special="all") for s in sources]
     es = {"false": False, "true": True, "never": "never"}[cfg.early_stopping]
-    banned = cfg.ban if cfg.ban is not None else E2E_BANNED if on_data else ()
+    banned = cfg.ban if cfg.ban is not None else E2E_BANNED if templated else ()
     bad = [b for b in banned if not 0 <= b < model.config.vocab_size or b == tok.eot_token]
     if bad:
         raise BeamError(f"--ban {bad}: token ids are 0..{model.config.vocab_size - 1}, and EOS ({tok.eot_token}) "
@@ -160,24 +174,30 @@ def decode(cfg: DecodeConfig) -> None:
                         no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=tuple(banned))
     P = 0 if past is None else past[0][0].size(2)
     check_lengths(prompts, P, search, model.config.n_positions)  # fail before hours of decoding, not after
-    # Similar lengths share a batch (less padding); a prompt decodes the same in any batch, so order is free.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    hyps: list[Hyp | None] = [None] * len(prompts)
-    start = time.time()
-    for first in range(0, len(order), cfg.batch_size):
-        batch = order[first:first + cfg.batch_size]
-        for i, hyp in zip(batch, beam_search(model, [prompts[i] for i in batch], search, past)):
-            hyps[i] = hyp
-        show_progress(first + len(batch), len(order), start)
-    texts = [e2e_text(tok, h.tokens) if on_data else tok.decode(h.tokens) for h in hyps]
+    hyps = run_search(model, prompts, search, past, cfg.batch_size)
+    texts = [e2e_text(tok, h.tokens) if templated else tok.decode(h.tokens) for h in hyps]
     if out is None:
         print("\n".join(text.replace("\n", " ") for text in texts))
         return
-    write_lines(out, [json.dumps({"prompt": s, "text": x, "tokens": h.tokens, "score": h.score}, ensure_ascii=False)
-                      for s, x, h in zip(sources, texts, hyps)])
-    if on_data:
-        write_lines(out.with_suffix(".txt"), texts)
-        write_lines(out.with_suffix(".refs.txt"), [line for _, refs in groups for line in [*refs, ""]])
+    # Traceability: every row says what made it (the run, the prefixes mixed, the base, the decoding settings).
+    made_by = dict(ckpt=str(cfg.ckpt), prefixes=cfg.prefix or [], base_fingerprint=fingerprint(model),
+                   search={k: v for k, v in asdict(search).items()})
+    rows = {s: dict(prompt=s, text=x, tokens=h.tokens, score=h.score, made_by=made_by)
+            for s, x, h in zip(sources, texts, hyps)}
+    order = [e.source for e in entries] if entries is not None else sources
+    write_lines(out, [json.dumps(rows[s], ensure_ascii=False) for s in order])
+    if entries is not None:
+        write_outputs(out, entries, {s: r["text"] for s, r in rows.items()})
+
+
+def write_outputs(out: Path, entries: list[data.Entry], text_of: dict[str, str]) -> None:
+    """What python -m eval scores: OUT.txt (one line per entry, in file order; DART repeats a shared source's
+    output), OUT.refs.txt (an entry's references, a blank line after each); WebNLG also per seen/unseen group."""
+    groups = {"": entries} | {g: [e for e in entries if e.group == g] for g in sorted({e.group for e in entries} - {""})}
+    for group, members in groups.items():
+        name = f"{out.stem}.{group}" if group else out.stem  # test.txt, test.seen.txt, test.unseen.txt
+        write_lines(out.with_name(name + ".txt"), [text_of[e.source] for e in members])
+        write_lines(out.with_name(name + ".refs.txt"), [line for e in members for line in [*e.refs, ""]])
 
 
 if __name__ == "__main__":

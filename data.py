@@ -20,6 +20,7 @@ import torch
 
 IGNORE = -100  # F.cross_entropy's ignore_index: targets of the source and of the padding take no loss
 EOS = "<|endoftext|>"  # GPT-2's only special token, 50256: both the source/target separator and the end
+TEMPLATE = f" {{source}} {EOS} {{target}} {EOS}"  # the authors' (RECIPE.md §1); a run records it in args.json
 E2E_URL = "https://github.com/tuetschek/e2e-dataset"
 # Per split, the paper code's file first (what the recipe's numbers were trained and scored on: pre-tokenized,
 # e.g. "£ 20 - 25"), then the official CSV (linearized here, not tokenized: slightly different tokens).

@@ -37,10 +37,23 @@ class Meter:
         return row
 
     def line(self, row: dict) -> str:
+        """The objective as trained (prefix: NLL summed per sequence, fine: per token) and the per-token NLL."""
         eta = row["elapsed_s"] / (row["step"] - self.start) * (self.max_steps - row["step"])
-        mfu = row["tok_per_s"] * self.flops / (self.peak * 1e12)
-        return (f"step {row['step']}/{self.max_steps} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
-                f"{row['tok_per_s']:,.0f} tok/s | ETA {eta / 60:.1f} min | MFU {mfu:.2%}")
+        mfu = f"{row['tok_per_s'] * self.flops / (self.peak * 1e12):.2%}" if self.peak else "n/a (--peak-tflops)"
+        return (f"step {row['step']}/{self.max_steps} | objective {row['loss']:.4f} | NLL/token {row['tok_loss']:.4f} "
+                f"| lr {row['lr']:.2e} | {row['tok_per_s']:,.0f} tok/s | ETA {eta / 60:.1f} min | MFU {mfu}")
+
+
+# bf16 dense peak TFLOP/s of common training GPUs (vendor data sheets); MFU elsewhere needs --peak-tflops.
+PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}
+
+
+def peak_tflops(device: torch.device, given: float) -> float:
+    """The peak MFU is measured against: the user's, else the GPU's if known, else 0 (unknown: no MFU shown)."""
+    if given or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
 
 
 def progress(items: Iterable[T], total: int, unit: str) -> Iterator[T]:

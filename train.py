@@ -30,9 +30,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import prefix
 from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
 from cli import arg, parse
-from data import IGNORE, DataError, collate, epoch_batches, example_ids, read_pairs, subset
+from data import IGNORE, TEMPLATE, DataError, collate, epoch_batches, example_ids, read_pairs, subset
 from model import GPT, SHAPES, GPTConfig, flops_per_token
-from report import Meter, line_plot
+from report import Meter, line_plot, peak_tflops
 from resume import ResumeError, resume_from, save_step
 from runfolder import LOG_FILE, RunFolderError, claim, read_log, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
@@ -75,7 +75,8 @@ class TrainConfig:
     eval_every: int = arg(5000, "validation loss every N steps (and at the end); 0: only at the end", min=0)
     log_every: int = arg(10, "progress line and log.jsonl row every N steps", min=1)
     save_every: int = arg(1000, "resume checkpoint every N steps", min=1)
-    peak_tflops: float = arg(312.0, "peak TFLOP/s that MFU is measured against (312: A100 bf16)", min=0, strict=True)
+    peak_tflops: float = arg(0.0, "peak TFLOP/s for MFU; 0: the GPU's bf16 peak if known (A100, H100...), "
+                                  "on CPU none, so no MFU", min=0)
     resume: bool = arg(False, "continue from out-dir/resume/ with the same arguments")
 
 
@@ -188,7 +189,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     counts = tuner.counts()
     run = {**asdict(cfg), "init_from": str(base.resolve()) if base else str((out / "base").resolve()),
            "init_from_arg": cfg.init_from, "world_size": world, "base_fingerprint": fingerprint(model),
-           "params": counts}
+           "template": TEMPLATE, "params": counts}
     lock = claim(out, cfg.resume, cfg.overwrite) if rank == 0 else None
     try:
         params, opt = adamw(tuner, cfg.lr, cfg.weight_decay, device)
@@ -204,7 +205,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         step_fn = torch.compile(wrapped) if cfg.compile else wrapped
         autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
         T = P + sum(batches.lengths) / len(batches.lengths)  # MFU at the mean example length
-        meter = Meter(cfg.max_steps, start, world, flops_per_token(model.config, T, tuner.weights_learn), cfg.peak_tflops)
+        flops = flops_per_token(model.config, T, tuner.weights_learn)
+        meter = Meter(cfg.max_steps, start, world, flops, peak_tflops(device, cfg.peak_tflops))
         # The loop: accumulate, clip, step; log, validate, checkpoint; stop cleanly on a signal.
         for step in range(start, cfg.max_steps):
             for g in opt.param_groups:

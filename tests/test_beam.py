@@ -178,7 +178,7 @@ def test_cli_run_dirs(tiny_ckpt, tmp_path):
     cases = [([str(run)], past), ([str(fine)], None),
              ([str(run), "--prefix", f"{run}:0.25", "--prefix", f"{tmp_path / 'other.safetensors'}:0.75"], mixed)]
     for ckpt, expected in cases:
-        main(["--ckpt", *ckpt, "--prompts", str(tmp_path / "p.txt"), "--beams", "2", "--max-new-tokens", "4",
+        main(["--ckpt", *ckpt, "--prompts", str(tmp_path / "p.txt"), "--raw", "--beams", "2", "--max-new-tokens", "4",
               "--out", str(tmp_path / "o.jsonl")])
         want, = beam_search(model, [tok.encode("Hello world")], cfg, expected)
         assert read_jsonl(tmp_path / "o.jsonl")[0]["tokens"] == want.tokens
@@ -206,3 +206,20 @@ def test_cli_bad_inputs(tiny_ckpt, tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code not in (0, None), name
         assert says in str(e.value.code) and "Traceback" not in err, name
+
+
+def test_prompts_decode_in_the_runs_template(tiny_ckpt, tmp_path, capsys):
+    """A run folder's --prompts lines are sources in its training template: the same outputs as --data-dir."""
+    run = tmp_path / "run"
+    prefix.save(run, past_for(GPT.from_pretrained(tiny_ckpt), 3, seed=5), GPT.from_pretrained(tiny_ckpt), "direct")
+    (run / "args.json").write_text(json.dumps({"tuner": "prefix", "init_from": str(tiny_ckpt)}))
+    flags = ["--ckpt", str(run), "--beams", "2", "--max-new-tokens", "6", "--limit", "3"]
+    main([*flags, "--data-dir", str(E2E_DIR), "--split", "test", "--out", str(tmp_path / "d.jsonl")])
+    sources = [r["prompt"] for r in read_jsonl(tmp_path / "d.jsonl")]
+    (tmp_path / "p.txt").write_text("".join(s + "\n" for s in sources))
+    main([*flags, "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "p.jsonl")])
+    assert [r["tokens"] for r in read_jsonl(tmp_path / "p.jsonl")] == [r["tokens"] for r in read_jsonl(tmp_path / "d.jsonl")]
+    capsys.readouterr()
+    main([*flags, "--prompts", str(tmp_path / "p.txt")])  # no --out: one line per prompt on stdout
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [r["text"] for r in read_jsonl(tmp_path / "p.jsonl")]
