@@ -12,6 +12,7 @@ examples:
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import MISSING, asdict, dataclass
@@ -24,7 +25,7 @@ import data
 import prefix
 from checkpoint import CheckpointError, fingerprint
 from runfolder import RunFolderError, atomic_write
-from cli import arg, parse
+from cli import arg, parse, pick_device
 from model import GPT, PastKV
 from report import progress
 from search import BeamConfig, BeamError, Hyp, beam_search, check_lengths  # noqa: F401  (beam.beam_search is public)
@@ -54,6 +55,7 @@ class DecodeConfig:
     allow_other_base: bool = arg(False, "load a prefix trained on other base weights")
     prompts: str = arg("", "UTF-8 text file, one source a line, decoded in the run's template (see --raw)")
     raw: bool = arg(False, "with --prompts: continue each line as plain text, without the training template")
+    label: str = arg("", "a label run's prefix (LABEL.safetensors) to generate with, from no source")
     data_dir: str = arg("", "a dataset folder (as train.py's): prompts are its unique sources, the recipe's "
                             "encoding and decoding settings")
     split: str = arg("test", "with --data-dir: a split name (train, dev, test), a file in it, or a path")
@@ -82,10 +84,18 @@ def parse_prefix(spec: str) -> tuple[str, float]:
 
 def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encoding, dict | None]:
     """The model and its past (the run's own, or the --prefix files mixed on its base), and the run's record."""
-    model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), cfg.device, cfg.allow_other_base)
-    if cfg.prefix:
-        weighted = [(prefix.load(path, model, cfg.allow_other_base), w) for path, w in map(parse_prefix, cfg.prefix)]
+    device = pick_device(cfg.device, BeamError)
+    model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), device, cfg.allow_other_base)
+    labels = (run or {}).get("labels") or []
+    if cfg.label and cfg.label not in labels:
+        raise BeamError(f"--label {cfg.label}: {cfg.ckpt} has the labels {labels or 'none'}.")
+    specs = cfg.prefix or ([str(Path(cfg.ckpt) / f"{cfg.label}.safetensors")] if cfg.label else [])
+    if specs:
+        weighted = [(prefix.load(path, model, cfg.allow_other_base), w) for path, w in map(parse_prefix, specs)]
         past = prefix.mix(weighted)  # one prefix of weight 1 mixes to itself
+    elif labels:
+        raise BeamError(f"{cfg.ckpt} trained one prefix per label: pass --label (one of {labels}), or mix them with "
+                        f"--prefix {Path(cfg.ckpt) / labels[0]}.safetensors:0.5 --prefix ...:0.5.")
     return model, past, tok, run
 
 
@@ -139,6 +149,8 @@ def sources_of(cfg: DecodeConfig, run: dict | None) -> tuple[list[str], list[dat
     if cfg.data_dir:
         entries = data.read_entries(cfg.data_dir, cfg.split)[:cfg.limit or None]
         return list(dict.fromkeys(e.source for e in entries)), entries, True  # each distinct source decoded once
+    if not cfg.prompts:  # a label's prefix (or a mix) generates from no source: the prompt is EOS alone
+        return [""], None, True
     templated = run is not None and bool(run.get("template", True)) and not cfg.raw
     return read_prompts(cfg.prompts)[:cfg.limit or None], None, templated
 
@@ -157,8 +169,10 @@ def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: P
 
 
 def decode(cfg: DecodeConfig) -> None:
-    if bool(cfg.prompts) == bool(cfg.data_dir):
-        raise BeamError("give exactly one of --prompts FILE and --data-dir DIR.")
+    given = bool(cfg.prompts) + bool(cfg.data_dir)
+    if given > 1 or (given == 0 and not (cfg.label or cfg.prefix)):
+        raise BeamError("give one of --prompts FILE and --data-dir DIR (or --label / --prefix to generate from no "
+                        "source).")
     out = check_out(cfg.out, bool(cfg.data_dir))
     model, past, tok, run = load_decoder(cfg)
     sources, entries, templated = sources_of(cfg, run)
@@ -169,12 +183,19 @@ def decode(cfg: DecodeConfig) -> None:
     if bad:
         raise BeamError(f"--ban {bad}: token ids are 0..{model.config.vocab_size - 1}, and EOS ({tok.eot_token}) "
                         f"cannot be banned (use --min-new-tokens).")
+    if 2 * cfg.beams > model.config.vocab_size - len(set(banned)):  # each step ranks 2K distinct candidates
+        raise BeamError(f"--beams {cfg.beams}: each step ranks 2K = {2 * cfg.beams} distinct tokens, but only "
+                        f"{model.config.vocab_size - len(set(banned))} may be generated. Use fewer (the recipe: 5).")
     search = BeamConfig(beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                         length_penalty=cfg.length_penalty, early_stopping=es,
                         no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=tuple(banned))
     P = 0 if past is None else past[0][0].size(2)
     check_lengths(prompts, P, search, model.config.n_positions)  # fail before hours of decoding, not after
     hyps = run_search(model, prompts, search, past, cfg.batch_size)
+    junk = [i for i, h in enumerate(hyps, 1) if not math.isfinite(h.score)]  # NaN logits: overflowed prefix/weights
+    if junk:
+        raise BeamError(f"prompts {junk[:5]}: NaN/Inf log-probabilities (the prefix or the weights overflow the "
+                        f"model's arithmetic); nothing was written. Check the prefix (or --prefix weights).")
     texts = [e2e_text(tok, h.tokens) if templated else tok.decode(h.tokens) for h in hyps]
     if out is None:
         print("\n".join(text.replace("\n", " ") for text in texts))

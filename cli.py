@@ -6,6 +6,7 @@ before any work starts with a message naming the flag (a negative --grad-clip wo
     class Config:
         lr: float = arg(8e-5, "peak learning rate", min=0, strict=True)
     cfg = parse(Config, argv, __doc__, ValueError)
+    device = pick_device(cfg.device, ValueError)      # "auto", "cpu", "cuda:1"; refused here if absent
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import math
 import sys
 from dataclasses import MISSING, Field, field, fields
 from typing import Any, TypeVar
+
+import torch
 
 C = TypeVar("C")
 
@@ -25,7 +28,8 @@ def arg(default: Any, help: str, *, min: float | None = None, strict: bool = Fal
 
 def add_flags(p: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
-        kw = {"help": f.metadata.get("help", ""), **f.metadata.get("argparse", {})}
+        # argparse %-formats help text (for %(default)s): a literal "3%" must be written "3%%"
+        kw = {"help": f.metadata.get("help", "").replace("%", "%%"), **f.metadata.get("argparse", {})}
         name = "--" + f.name.replace("_", "-")
         if f.default is MISSING:
             p.add_argument(name, required=True, **kw)
@@ -68,3 +72,19 @@ def parse(cls: type[C], argv: list[str] | None, description: str | None, error: 
         if why:
             raise error(f"--{f.name.replace('_', '-')}={getattr(args, f.name)}: {why}.")
     return cls(**vars(args))
+
+
+def pick_device(name: str, error: type[Exception]) -> torch.device:
+    """--device: "auto" is CUDA when there is one; a CUDA device this machine lacks is refused here, by `error`,
+    not by a traceback from the first tensor moved there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise error(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"--device {name}: this torch has no CUDA device ({torch.__version__}). Use --device cpu.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise error(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...).")
+    return device

@@ -1,194 +1,58 @@
 """Table-to-text data as the paper trains on it (Li & Liang 2021, §5 "Experimental Setup", App. A.1): E2E,
-WebNLG 2017 and DART in the authors' template, batched for train.py; beam.py and eval/ read the entries.
+WebNLG 2017 and DART (datafiles.py reads them) in the authors' template, batched for train.py; beam.py and eval/
+read the entries.
     pairs = read_pairs("../shared/data/e2e", "dev")          # [(linearized MR, reference), ...]
     idx, targets = example_ids(tok, *pairs[0])                # one training example, targets shifted by one
     entries = read_entries("../shared/data/webnlg", "test")  # [Entry(source, refs, "seen"), ...]
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import random
 import re
-import xml.etree.ElementTree as ET
-from pathlib import Path
-from typing import NamedTuple
 
 import tiktoken
 import torch
 
+from datafiles import (DataError, Entry, Row, csv_pairs, dataset_of, jsonl_rows, linearize, read_text,  # noqa: F401
+                       read_triples, split_files, src1_pairs)
+
 IGNORE = -100  # F.cross_entropy's ignore_index: targets of the source and of the padding take no loss
 EOS = "<|endoftext|>"  # GPT-2's only special token, 50256: both the source/target separator and the end
 TEMPLATE = f" {{source}} {EOS} {{target}} {EOS}"  # the authors' (RECIPE.md §1); a run records it in args.json
-E2E_URL = "https://github.com/tuetschek/e2e-dataset"
-# Per split, the paper code's file first (what the recipe's numbers were trained and scored on: pre-tokenized,
-# e.g. "£ 20 - 25"), then the official CSV (linearized here, not tokenized: slightly different tokens).
-SPLITS = {"train": ("src1_train.txt", "trainset.csv"), "dev": ("src1_valid.txt", "devset.csv"),
-          "test": ("src1_test.txt", "testset_w_refs.csv")}
-# CSV keys renamed as in the paper's linearization (RECIPE.md §1); the others are kept as they are.
-KEY_RENAME = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}
-MR_PAIR = re.compile(r"\s*([^\[\],]+?)\s*\[([^\[\]]+)\]\s*(?:,|$)")
-WEBNLG_TEST = "test/testdata_with_lex.xml"  # train/ and dev/ hold one XML file per category and triple count
-# WebNLG's test categories unseen in training, as the official evaluation.py hard-codes them (U; the rest: S)
-WEBNLG_UNSEEN = frozenset({"Artist", "Athlete", "CelestialBody", "MeanOfTransportation", "Politician"})
-DART_FILE = "dart-v1.1.1-full-{split}"  # .json (the authors' format) or .xml, the same entries
+__all__ = ["IGNORE", "EOS", "TEMPLATE", "DataError", "Entry", "Row", "dataset_of", "linearize", "read_rows",
+           "read_pairs", "read_entries", "group_refs", "prompt_ids", "example_ids", "subset", "epoch_batches",
+           "collate", "task_labels", "example", "batch_of", "Batches"]
 
 
-class DataError(Exception):
-    """A data file is missing or malformed; the message names the file, the line or entry, and the fix."""
-
-
-class Entry(NamedTuple):
-    """One input to decode, with every reference its output is scored against."""
-    source: str      # linearized as in training: the prompt is prompt_ids(tok, source)
-    refs: list[str]  # in file order
-    group: str       # WebNLG: "seen" or "unseen" (the scorer's S and U subsets); "" for the others
-
-
-def dataset_of(data_dir: str | Path) -> str:
-    """"dart", "webnlg", "jsonl" or "e2e" (the fallback, whose reader names the files it expected)."""
-    root = Path(data_dir)
-    name = root.name if root.is_file() else ""
-    if name.startswith("dart-") or any(root.glob(DART_FILE.format(split="*"))):
-        return "dart"
-    if name.endswith(".xml") or (root / WEBNLG_TEST).is_file() or any(root.glob("*/*triples/*.xml")):
-        return "webnlg"
-    has_e2e = any((root / file).is_file() for files in SPLITS.values() for file in files)
-    if name.endswith(".jsonl") or (not has_e2e and any(root.glob("*.jsonl"))):
-        return "jsonl"
-    return "e2e"
-
-
-def read_pairs(data_dir: str | Path, split: str) -> list[tuple[str, str]]:
-    """(source, target) training pairs of a split, in file order. E2E and JSONL strings are stripped (see
-    example_ids); WebNLG and DART ones are the authors' verbatim (RECIPE-DATA2TEXT §2)."""
+def read_rows(data_dir: str, split: str) -> list[Row]:
+    """Training rows of a split, in file order. E2E and JSONL strings are stripped (see example_ids); WebNLG and
+    DART ones are the authors' verbatim (RECIPE-DATA2TEXT §2), one row per text the recipe trains on."""
     dataset, files = split_files(data_dir, split)
-    if dataset in ("e2e", "jsonl"):
-        reader = {".csv": csv_pairs, ".jsonl": jsonl_pairs}.get(files[0].suffix, src1_pairs)
-        pairs = reader(read_text(files[0]), str(files[0]))
+    if files[0].suffix == ".jsonl":
+        rows = jsonl_rows(read_text(files[0]), str(files[0]))
+    elif dataset in ("e2e", "jsonl"):
+        reader = csv_pairs if files[0].suffix == ".csv" else src1_pairs
+        rows = [Row(source, target) for source, target in reader(read_text(files[0]), str(files[0]))]
     else:
-        pairs = []
-        for entry, texts in read_triples(files, dataset):
-            pairs += [(entry.source, text) for text in texts if text.strip()]
-    if not pairs:
+        rows = [Row(entry.source, text) for entry, texts in read_triples(files, dataset) for text in texts
+                if text.strip()]
+    if not rows:
         raise DataError(f"{data_dir}: no examples for split {split!r}.")
-    return pairs
+    return rows
 
 
-def read_entries(data_dir: str | Path, split: str) -> list[Entry]:
+def read_pairs(data_dir: str, split: str) -> list[tuple[str, str]]:
+    """(source, target) training pairs of a split (read_rows without labels)."""
+    return [(row.source, row.target) for row in read_rows(data_dir, split)]
+
+
+def read_entries(data_dir: str, split: str) -> list[Entry]:
     """What beam.py decodes and eval/ scores, in file order. E2E/JSONL: one Entry per unique source
     (group_refs). WebNLG and DART: one per entry, with every text whatever its comment (the official refs)."""
     dataset, files = split_files(data_dir, split)
     if dataset in ("e2e", "jsonl"):
         return [Entry(source, refs, "") for source, refs in group_refs(read_pairs(data_dir, split))]
     return [entry for entry, _ in read_triples(files, dataset)]
-
-
-def split_files(data_dir: str | Path, split: str) -> tuple[str, list[Path]]:
-    """The dataset and files of `split`: a file it names (in data_dir, or a path), data_dir if a file, or the first
-    of its names found in data_dir (WebNLG train/dev: all XML files, sorted: the order of the authors' JSON)."""
-    root = Path(data_dir)
-    if (root / split).is_file():
-        root = root / split
-    dataset = dataset_of(root)
-    if root.is_file():
-        return dataset, [root]
-    if dataset == "webnlg":
-        names = [WEBNLG_TEST] if split == "test" else [f"{split}/*/*.xml"]
-    elif dataset == "dart":  # the JSON first: the authors' format
-        names = [DART_FILE.format(split=split) + suffix for suffix in (".json", ".xml")]
-    else:
-        names = [*SPLITS.get(split, ()), f"{split}.jsonl"]
-    for name in names:
-        files = sorted(root.glob(name))
-        if files:
-            return dataset, files
-    hint = f" Get E2E from {E2E_URL}, or give a JSONL file of {{\"source\": ..., \"target\": ...}} lines."
-    raise DataError(f"{root}: no {dataset} file for split {split!r} (expected {' or '.join(names)})."
-                    + (hint if dataset == "e2e" else ""))
-
-
-def read_text(path: Path) -> str:
-    """A UTF-8 file with "\\r\\n" made "\\n". Its lines are then cut at "\\n" only: str.splitlines (and read_text)
-    would also cut at a lone "\\r", a form feed, NEL or U+2028, characters of a reference, not line ends."""
-    try:
-        return path.read_bytes().decode("utf-8").replace("\r\n", "\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable ({e}).") from None
-
-
-# --- E2E (CSV, the paper code's src1 files) and a user's JSONL
-
-def checked(source: str, target: str, where: str) -> tuple[str, str]:
-    source, target = source.strip(), target.strip()
-    if not source or not target:
-        raise DataError(f"{where}: empty {'source' if not source else 'target'}; every row needs both.")
-    return source, target
-
-
-def src1_pairs(text: str, path: str) -> list[tuple[str, str]]:
-    """The paper code's format: `linearized MR||reference` a line; blank lines are skipped, as there."""
-    pairs = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        parts = line.split("||")
-        if len(parts) != 2:
-            raise DataError(f"{path}:{n}: expected 'source||target', found {len(parts) - 1} '||' separators.")
-        pairs.append(checked(*parts, f"{path}:{n}"))
-    return pairs
-
-
-def csv_pairs(text: str, path: str) -> list[tuple[str, str]]:
-    """The official E2E CSV (columns mr, ref); each MR is linearized as in the paper."""
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = next(rows, [])
-    if "mr" not in header or "ref" not in header:
-        raise DataError(f"{path}:1: header {header} lacks the columns 'mr' and 'ref' of the E2E CSV files.")
-    i_mr, i_ref = header.index("mr"), header.index("ref")
-    pairs = []
-    for row in rows:
-        where = f"{path}:{rows.line_num}"
-        if len(row) != len(header):
-            raise DataError(f"{where}: {len(row)} columns, the header has {len(header)} ({header}).")
-        try:
-            source = linearize(row[i_mr])
-        except DataError as e:
-            raise DataError(f"{where}: {e}") from None
-        pairs.append(checked(source, row[i_ref], where))
-    return pairs
-
-
-def jsonl_pairs(text: str, path: str) -> list[tuple[str, str]]:
-    """A user's own task: one {"source": ..., "target": ...} object a line."""
-    pairs = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{n}: not JSON ({e}).") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("source", "target")):
-            raise DataError(f'{path}:{n}: expected {{"source": "...", "target": "..."}} with string values.')
-        pairs.append(checked(row["source"], row["target"], f"{path}:{n}"))
-    return pairs
-
-
-def linearize(mr: str) -> str:
-    """`name[Alimentum], eatType[pub]` -> `name : Alimentum | Type : pub`, attributes in the CSV's order."""
-    items, pos = [], 0
-    while pos < len(mr):
-        m = MR_PAIR.match(mr, pos)
-        if m is None:
-            raise DataError(f"MR {mr!r} does not parse at character {pos}: expected 'key[value]' pairs "
-                            f"separated by commas.")
-        items.append(f"{KEY_RENAME.get(m[1], m[1])} : {m[2].strip()}")
-        pos = m.end()
-    if not items:
-        raise DataError("empty MR.")
-    return " | ".join(items)
 
 
 def group_refs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
@@ -199,70 +63,12 @@ def group_refs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-# --- WebNLG 2017 (the challenge's XML) and DART v1.1.1 (JSON or XML): entries of triples
-
-def read_triples(files: list[Path], dataset: str) -> list[tuple[Entry, list[str]]]:
-    """The entries of WebNLG or DART files, each with the texts it trains on, in file order."""
-    entries = []
-    for path in files:
-        entries += dart_json(path) if path.suffix == ".json" else triples_xml(path, dataset)
-    return entries
-
-
-def triples_xml(path: Path, dataset: str) -> list[tuple[Entry, list[str]]]:
-    """<entry category= eid=>: <modifiedtripleset><mtriple>s | p | o</mtriple>..., then <lex comment=>text</lex>
-    elements. WebNLG trains on the "good" ones (77 of 18,102 train ones are "toFix"), DART on all (§2)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as e:
-        raise DataError(f"{path}: not readable as XML ({e}).") from None
-    entries = []
-    for n, node in enumerate(root.iter("entry"), 1):
-        triples = [(m.text or "").split(" | ") for m in node.iterfind("modifiedtripleset/mtriple")]
-        lexes = [(lex.text or "", lex.get("comment")) for lex in node.iterfind("lex")]
-        where = f"{path}: entry {node.get('eid', n)}"
-        entry = triples_entry(dataset, triples, [text for text, _ in lexes], node.get("category", ""), where)
-        entries.append((entry, [text for text, comment in lexes if dataset == "dart" or comment == "good"]))
-    return entries
-
-
-def dart_json(path: Path) -> list[tuple[Entry, list[str]]]:
-    """DART's JSON: [{"tripleset": [[s, r, o], ...], "annotations": [{"text": ..., ...}, ...], ...}, ...]."""
-    try:
-        rows = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not readable as JSON ({e}).") from None
-    entries = []
-    for n, row in enumerate(rows, 1):
-        try:
-            texts = [note["text"] or "" for note in row["annotations"]]
-            entries.append((triples_entry("dart", row["tripleset"], texts, "", f"{path}: entry {n}"), texts))
-        except (KeyError, TypeError) as e:
-            raise DataError(f'{path}: entry {n}: no key {e} or a wrong type; a DART entry is {{"tripleset": '
-                            f'[[s, r, o], ...], "annotations": [{{"text": ...}}, ...]}}.') from None
-    return entries
-
-
-def triples_entry(dataset: str, triples: list[list[str]], texts: list[str], category: str, where: str) -> Entry:
-    """An Entry from triples of three parts and at least one text, its source linearized as the authors'
-    training code does (RECIPE-DATA2TEXT §2; their decoder drops the first test entry's " | ", §3)."""
-    for parts in triples:
-        if len(parts) != 3:
-            raise DataError(f"{where}: triple {parts} has {len(parts)} parts, expected subject | property | object.")
-    if not texts:
-        raise DataError(f"{where}: no references (<lex> elements or annotations); every entry needs one.")
-    if dataset == "dart":  # "s1 : r1 : o1 | s2 : r2 : o2": relations lower-cased, no leading separator
-        return Entry(" | ".join(f"{s} : {r.lower()} : {o}" for s, r, o in triples), texts, "")
-    # " | s1 : p1 : o1 | s2 : p2 : o2": " | " before every triple, the first included; all verbatim
-    source = "".join(f" | {s} : {p} : {o}" for s, p, o in triples)
-    return Entry(source, texts, "unseen" if category in WEBNLG_UNSEEN else "seen")
-
-
 # --- the authors' template, low-data subsets, batches
 
 def prompt_ids(tok: tiktoken.Encoding, source: str) -> list[int]:
-    """The recipe's prompt `" " + source + " " + EOS`: it ends (..., 220, 50256), a lone space then EOS."""
-    return tok.encode(f" {source} {EOS}", allowed_special={EOS})
+    """The recipe's prompt `" " + source + " " + EOS`: it ends (..., 220, 50256), a lone space then EOS. With no
+    source (a label's text, language-model data) the prompt is EOS alone, GPT-2's start of a text."""
+    return tok.encode(f" {source} {EOS}" if source else EOS, allowed_special={EOS})
 
 
 def example_ids(tok: tiktoken.Encoding, source: str, target: str) -> tuple[list[int], list[int]]:
@@ -308,3 +114,50 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     idx = torch.tensor([i + [pad_id] * (T - len(i)) for i, _ in examples])       # (B, T)
     targets = torch.tensor([t + [IGNORE] * (T - len(t)) for _, t in examples])  # (B, T)
     return idx, targets
+
+
+# --- what train.py iterates: examples with their label, batches in a resumable order
+
+def task_labels(rows: list[Row], tuner: str) -> list[str]:
+    """The labels of a label-prefix run (the CPU poster's {"prefix": label, "text": ...}), sorted; [] for none."""
+    labels = sorted({row.label for row in rows if row.label})
+    if labels and (tuner != "prefix" or not all(row.label for row in rows)):
+        raise DataError("label rows ({'prefix': label, 'text': ...}) train one prefix per label: use --tuner prefix, "
+                         "and give every row (train and validation) a label.")
+    bad = [label for label in labels if not re.fullmatch(r"[\w.-]+", label) or label == "prefix"]
+    if bad:
+        raise DataError(f"labels {bad}: each names a file LABEL.safetensors, so use letters, digits, '.', '-', '_'.")
+    return labels
+
+
+def example(tok: tiktoken.Encoding, row: Row, labels: list[str]) -> tuple[list[int], list[int], int]:
+    """(idx, targets) in the template, and the row's label index (0 without labels)."""
+    return (*example_ids(tok, row.source, row.target), labels.index(row.label) if labels else 0)
+
+
+def batch_of(examples: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """collate, and each row's label index (B,)."""
+    idx, targets = collate([(i, t) for i, t, _ in examples], pad_id)  # (B, T) each
+    return idx, targets, torch.tensor([task for _, _, task in examples])
+
+
+class Batches:
+    """The training examples in the order a run sees them, a function of the seed and the epoch alone: a resumed
+    run draws exactly the batches the uninterrupted one would have. Each process takes every world-th batch."""
+
+    def __init__(self, examples: list, batch_size: int, grad_accum: int, seed: int, bucket: bool, world: int,
+                 rank: int, pad_id: int):
+        self.examples, self.batch_size, self.seed, self.bucket = examples, batch_size, seed, bucket
+        self.world, self.rank, self.pad_id = world, rank, pad_id
+        self.lengths = [len(idx) for idx, _, _ in examples]
+        n = len(epoch_batches(self.lengths, batch_size, seed)) // world
+        self.per_epoch = n // grad_accum * grad_accum  # micro-batches per epoch and process
+        self.epoch, self.order = -1, []
+
+    def __call__(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(idx, targets) (B, T) and each row's label index (B,)."""
+        epoch, pos = divmod(micro_step, self.per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = epoch_batches(self.lengths, self.batch_size, self.seed + epoch, self.bucket)
+        return batch_of([self.examples[i] for i in self.order[pos * self.world + self.rank]], self.pad_id)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import fingerprint
+from runfolder import read_run
 from model import GPT, GPTConfig, GPTOutput, PastKV
 from past import PrefixError, flatten, mix, stack, unflatten
 from prefix_files import PARAMETERIZATIONS, PREFIX_FILE, check_parameterization, load, load_peft, save, save_peft
@@ -122,41 +123,62 @@ def param_counts(prefix: Prefix, model: nn.Module) -> dict[str, float]:
 # --- prefix-tuning as train.py and beam.py see it (tuner.py says what a tuner is) -------------------------------
 
 class PrefixTuner(nn.Module):
-    """GPT-2 frozen and in eval mode (no dropout, as the authors ran it); only the prefix learns (§4)."""
+    """GPT-2 frozen and in eval mode (no dropout, as the authors ran it); only the prefix learns (§4). With labels
+    (a JSONL of {"prefix": label, "text": ...}), one prefix per label, trained together: each row of a batch gets
+    its label's past (§4: the base is shared, a prefix per task), saved as LABEL.safetensors each."""
     name, weights_learn = "prefix", False
     per_sequence_loss = True  # RECIPE.md §3: the authors sum each sequence's NLL (objective_mode 1)
 
-    def __init__(self, model: GPT, prefix: Prefix):
+    def __init__(self, model: GPT, prefixes: list[Prefix], labels: list[str] = ()):
         super().__init__()
-        self.model, self.prefix = model, prefix
-        freeze(model, prefix)
+        self.model, self.prefixes, self.labels = model, nn.ModuleList(prefixes), list(labels)
+        freeze(model, self.prefixes)
+
+    @property
+    def prefix(self) -> Prefix:
+        return self.prefixes[0]
 
     @classmethod
     def build(cls, model: GPT, tok: tiktoken.Encoding, prefix_len: int, prefix_mid: int, prefix_param: str,
-              prefix_init: str, seed: int, **_: object) -> PrefixTuner:
-        if prefix_init:  # §7.4: P becomes the init text's token count; the run records that P
-            return cls(model, init_from_text(model, tok, prefix_init, prefix_param, prefix_mid, seed=seed))
-        return cls(model, Prefix(model.config, prefix_len, prefix_param, prefix_mid, seed=seed))
+              prefix_init: str, seed: int, labels: list[str] = (), **_: object) -> PrefixTuner:
+        def one(i: int) -> Prefix:  # §7.4: an init text sets P to its token count; the run records that P
+            if prefix_init:
+                return init_from_text(model, tok, prefix_init, prefix_param, prefix_mid, seed=seed + i)
+            return Prefix(model.config, prefix_len, prefix_param, prefix_mid, seed=seed + i)
+        return cls(model, [one(i) for i in range(max(1, len(labels)))], labels)
 
     def train(self, mode: bool = True) -> PrefixTuner:
         super().train(mode)
         self.model.eval()  # the frozen base never drops, whatever mode the trained part is in
         return self
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
-        return self.model(idx, past_kv=self.prefix(), targets=targets)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                task: torch.Tensor | None = None) -> GPTOutput:
+        """task (B,): each row's label index, when the run has labels; its past is that label's prefix."""
+        if task is None:
+            return self.model(idx, past_kv=self.prefix(), targets=targets)
+        pasts = [p() for p in self.prefixes]                                       # per label, per layer (1, H, P, D)
+        rows = [tuple(torch.cat([past[i][j] for past in pasts])[task] for j in range(2))  # (B, H, P, D)
+                for i in range(len(pasts[0]))]
+        return self.model(idx, past_kv=rows, targets=targets)
 
     def settings(self) -> dict:
         """What this run really trained, for args.json (an init text sets its own P)."""
         return {"prefix_len": self.prefix.embedding.num_embeddings}
 
     def counts(self) -> dict[str, float]:
-        return param_counts(self.prefix, self.model)
+        one, n = param_counts(self.prefix, self.model), len(self.prefixes)
+        return one | {k: one[k] * n for k in ("trained", "trained_frac", "stored", "stored_frac")}
 
     def save(self, out: Path) -> Path:
-        return save(out / PREFIX_FILE, self.prefix.export(), self.model, self.prefix.parameterization)
+        names = [f"{label}.safetensors" for label in self.labels] or [PREFIX_FILE]
+        paths = [save(out / name, p.export(), self.model, p.parameterization) for name, p in zip(names, self.prefixes)]
+        return paths[0]
 
     @staticmethod
     def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[GPT, PastKV]:
-        """For decoding: the base model with this run's prefix as its past."""
+        """For decoding: the base model with this run's prefix as its past (a run with labels has none by default:
+        beam.py --label picks one)."""
+        if not (folder / PREFIX_FILE).is_file() and (read_run(folder) or {}).get("labels"):
+            return base, None
         return base, load(folder / PREFIX_FILE, base, allow_other_base)

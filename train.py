@@ -29,16 +29,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prefix
 from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
-from cli import arg, parse
-from data import IGNORE, TEMPLATE, DataError, collate, epoch_batches, example_ids, read_pairs, subset
+from cli import arg, parse, pick_device
+from data import IGNORE, TEMPLATE, Batches, DataError, batch_of, example, read_rows, subset, task_labels
 from model import GPT, SHAPES, GPTConfig, flops_per_token
 from report import Meter, line_plot, peak_tflops
 from resume import ResumeError, resume_from, save_step
 from runfolder import LOG_FILE, RunFolderError, claim, read_log, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
-from tuner import TUNERS, adamw, nll_sum, objective
+from tuner import STANDALONE, TUNERS, adamw, nll_sum, objective
 
-LR = {"prefix": 8e-5, "fine": 5e-5}  # RECIPE.md §3: the paper's table, per tuner
+# RECIPE.md §3: the paper's table, per tuner. It gives none for FT-top2, the adapter and the two ablations: they
+# take the authors' code default (5e-5) where they train like fine-tuning, the prefix's where they train like it.
+LR = {"prefix": 8e-5, "fine": 5e-5, "fine-top2": 5e-5, "adapter": 5e-5, "embedding": 8e-5}
 
 
 @dataclass
@@ -68,6 +70,8 @@ class TrainConfig:
     prefix_mid: int = arg(512, "M, hidden width of the prefix MLP (§4.3)", min=1)
     prefix_param: str = arg("mlp", "mlp (the paper's reparameterization) or direct", choices=prefix.PARAMETERIZATIONS)
     prefix_init: str = arg("", "init the prefix from this text's activations (§7.4; P becomes its token count)")
+    infix: bool = arg(False, "prefix: put the P activations between source and target (§7.3, infix.py)")
+    adapter_size: int = arg(215, "adapter: bottleneck width b (215: 3%, 6: 0.1% of gpt2-medium; adapter.py)", min=1)
     bucket: bool = arg(False, "batch similar lengths together (less padding)")
     dtype: str = arg("float32", "float32 (the paper) or bfloat16 autocast", choices=("float32", "bfloat16"))
     compile: bool = arg(False, "torch.compile the model")
@@ -88,6 +92,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     cfg = parse(TrainConfig, argv, __doc__, TrainError)
     if cfg.tuner != "prefix" and cfg.prefix_init:
         raise TrainError("--prefix-init only applies to --tuner prefix; fine-tuning starts from the base weights.")
+    if cfg.tuner != "prefix" and cfg.infix:
+        raise TrainError("--infix only applies to --tuner prefix: it places the prefix between source and target.")
     return replace(cfg, lr=cfg.lr if cfg.lr is not None else LR[cfg.tuner])
 
 
@@ -99,17 +105,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # --- setup: device, base model, the run folder ------------------------------------------------------------------
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: this torch has no CUDA device ({torch.__version__}). Use --device cpu.")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise TrainError(f"--device {name}: {e}") from None
-
 
 def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     """The base GPT-2 and the folder it came from (None for random:X, built from the seed on every rank alike)."""
@@ -128,7 +123,7 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, TrainError)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -146,59 +141,49 @@ def main(argv: list[str] | None = None) -> None:
             dist.destroy_process_group()
 
 
-class Batches:
-    """The training examples in the order a run sees them, a function of the seed and the epoch alone: a resumed
-    run draws exactly the batches the uninterrupted one would have. Each process takes every world-th batch."""
-
-    def __init__(self, examples: list, cfg: TrainConfig, world: int, rank: int, pad_id: int):
-        self.examples, self.cfg, self.world, self.rank, self.pad_id = examples, cfg, world, rank, pad_id
-        self.lengths = [len(idx) for idx, _ in examples]
-        n = len(epoch_batches(self.lengths, cfg.batch_size, cfg.seed)) // world
-        self.per_epoch = n // cfg.grad_accum * cfg.grad_accum  # micro-batches per epoch and process
-        self.epoch, self.order = -1, []
-
-    def __call__(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, pos = divmod(micro_step, self.per_epoch)
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.order = epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed + epoch, self.cfg.bucket)
-        return collate([self.examples[i] for i in self.order[pos * self.world + self.rank]], self.pad_id)
-
-
 def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
     say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
     # Setup, every check before the run folder is touched: data, base model, tokenizer, the tuner.
-    pairs = subset(read_pairs(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
-    valid = read_pairs(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
+    rows = subset(read_rows(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
+    valid = read_rows(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
+    labels = task_labels(rows + valid, cfg.tuner)
     model, base = load_base(cfg)
-    if base is not None and cfg.tuner == "fine" and out.resolve() == base.resolve():
+    if base is not None and cfg.tuner in STANDALONE and out.resolve() == base.resolve():
         raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base.")
     tok = load_tokenizer(base)  # offline without tokenizer files: a CheckpointError that says what to do
-    tuner = TUNERS[cfg.tuner].build(model.to(device), tok, **asdict(cfg)).to(device)
+    if cfg.prefix_init and len(tok.encode(cfg.prefix_init)) >= model.config.n_positions:  # §7.4: P = its tokens
+        raise TrainError(f"--prefix-init: {len(tok.encode(cfg.prefix_init))} tokens, so P leaves no room for an "
+                         f"example in the model's n_positions={model.config.n_positions}. Use a shorter text.")
+    tuner = TUNERS[cfg.tuner].build(model.to(device), tok, **asdict(cfg), **({"labels": labels} if labels else {}))
+    tuner = tuner.to(device)
     P = tuner.settings().get("prefix_len", 0)
     fits = model.config.n_positions - P  # the paper never truncates; a short-context model drops what won't fit
-    train_ex = [e for e in (example_ids(tok, s, t) for s, t in pairs) if len(e[0]) <= fits]
-    valid_ex = [e for e in (example_ids(tok, s, t) for s, t in valid) if len(e[0]) <= fits][rank::world]
-    batches = Batches(train_ex, cfg, world, rank, tok.eot_token)
+    train_ex = [e for e in (example(tok, row, labels) for row in rows) if len(e[0]) <= fits]
+    valid_ex = [e for e in (example(tok, row, labels) for row in valid) if len(e[0]) <= fits][rank::world]
+    batches = Batches(train_ex, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.bucket, world, rank, tok.eot_token)
     if batches.per_epoch == 0:
         raise TrainError(f"{len(train_ex)} training pairs do not fill one step of --batch-size {cfg.batch_size} × "
-                         f"--grad-accum {cfg.grad_accum} × {world} processes.")
-    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * batches.per_epoch // cfg.grad_accum, **tuner.settings())
+                         f"--grad-accum {cfg.grad_accum} × {world} processes" + (f"; {len(rows) - len(train_ex)} "
+                         f"are longer than the {fits} positions a prefix of {P} leaves in n_positions="
+                         f"{model.config.n_positions}." if len(train_ex) < len(rows) else "."))
+    cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * batches.per_epoch // cfg.grad_accum,
+                  **tuner.settings())
     # The run's record, written once with its real settings; beam.py opens the folder through tuner.open_run.
     counts = tuner.counts()
     run = {**asdict(cfg), "init_from": str(base.resolve()) if base else str((out / "base").resolve()),
            "init_from_arg": cfg.init_from, "world_size": world, "base_fingerprint": fingerprint(model),
-           "template": TEMPLATE, "params": counts}
+           "template": TEMPLATE if all(row.source for row in rows) else "", "labels": labels, "params": counts}
     lock = claim(out, cfg.resume, cfg.overwrite) if rank == 0 else None
     try:
+        torch.manual_seed(cfg.seed + rank)  # dropout's masks: a function of the seed (resume.py restores the state)
         params, opt = adamw(tuner, cfg.lr, cfg.weight_decay, device)
         start = resume_from(out / "resume", params, opt, run) if cfg.resume else 0
         if rank == 0:
             start_run_folder(out, cfg, run, model, base, start, say)
         say(f"{cfg.tuner}-tuning: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of "
             f"{counts['model']:,}), stores {counts['stored']:,} ({counts['stored_frac']:.3%})")
-        say(f"{len(train_ex):,} training pairs ({len(pairs) - len(train_ex)} longer than {fits} tokens left out), "
+        say(f"{len(train_ex):,} training pairs ({len(rows) - len(train_ex)} longer than {fits} tokens left out), "
             f"{cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, lr {cfg.lr:g}"
             + (f", resuming at step {start}" if start else ""))
         wrapped = DDP(tuner) if world > 1 else tuner  # DDP averages gradients over processes
@@ -213,9 +198,10 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                 g["lr"] = lr_at(step, cfg)
             stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
             for a in range(cfg.grad_accum):
-                idx, targets = (t.to(device) for t in batches(step * cfg.grad_accum + a))  # (B, T)
+                idx, targets, task = (t.to(device) for t in batches(step * cfg.grad_accum + a))  # (B, T), (B,)
+                rows_of = {"task": task} if labels else {}  # a label run: each row's past is its label's prefix
                 with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext(), autocast:
-                    nll, n_tok = nll_sum(step_fn(idx, targets).loss, targets), (targets != IGNORE).sum()
+                    nll, n_tok = nll_sum(step_fn(idx, targets, **rows_of).loss, targets), (targets != IGNORE).sum()
                     (objective(nll, n_tok, idx.size(0), tuner.per_sequence_loss) / cfg.grad_accum).backward()
                 stats += torch.stack([nll.detach(), n_tok.float(), torch.tensor(float(idx.size(0)), device=device)])
                 meter.tokens += idx.numel()
@@ -230,18 +216,19 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             opt.step()
             opt.zero_grad(set_to_none=True)
             done = step + 1
-            sync_stop(stop, world, device)
+            stopping = sync_stop(stop, world, device)
             row = None
-            if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
+            if done % cfg.log_every == 0 or done == cfg.max_steps or stopping:
                 row = meter.row(done, loss, (stats[0] / stats[1]).item(), lr_at(step, cfg), device)
                 say(meter.line(row))
             if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                row = (row or dict(step=done)) | dict(val_loss=evaluate(step_fn, valid_ex, cfg, tok.eot_token, device, world))
+                val_loss = evaluate(step_fn, valid_ex, cfg, tok.eot_token, device, world, bool(labels))
+                row = (row or dict(step=done)) | dict(val_loss=val_loss)
                 say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
             if rank == 0:
-                due = done % cfg.save_every == 0 or done == cfg.max_steps or bool(stop)
+                due = done % cfg.save_every == 0 or done == cfg.max_steps or stopping
                 save_step(out, done, row, params, opt, run, due)
-            if stop and done < cfg.max_steps:
+            if stopping and done < cfg.max_steps:
                 say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
                 return
         if rank == 0:
@@ -264,21 +251,28 @@ def start_run_folder(out: Path, cfg: TrainConfig, run: dict, model: GPT, base: P
     write_tokenizer_files(base, out)  # a run folder decodes with the tokenizer it was trained with
 
 
-def sync_stop(stop: list[str], world: int, device: torch.device) -> None:
-    """Every process must stop at the same step, or the others wait forever in all_reduce."""
+def sync_stop(stop: list[str], world: int, device: torch.device) -> bool:
+    """Whether to save and stop after this step, decided once: a signal arriving later (while this step saves)
+    stops the next one, never this one unsaved. Every process must stop at the same step, or the others wait
+    forever in all_reduce."""
     if world > 1:
         flag = torch.tensor(float(bool(stop)), device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop += ["a signal on another process"] if flag.item() and not stop else []
+    return bool(stop)
 
 
 @torch.no_grad()
-def evaluate(step_fn, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int) -> float:
+def evaluate(step_fn, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int,
+             labelled: bool) -> float:
     """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
     total = torch.zeros(2, device=device)
+    step_fn.eval()  # no dropout while measuring (fine-tuning trains with it)
     for i in range(0, len(examples), cfg.batch_size):
-        idx, targets = (t.to(device) for t in collate(examples[i:i + cfg.batch_size], pad_id))
-        total += torch.stack([nll_sum(step_fn(idx, targets).loss, targets), (targets != IGNORE).sum().float()])
+        idx, targets, task = (t.to(device) for t in batch_of(examples[i:i + cfg.batch_size], pad_id))
+        loss = step_fn(idx, targets, **({"task": task} if labelled else {})).loss
+        total += torch.stack([nll_sum(loss, targets), (targets != IGNORE).sum().float()])
+    step_fn.train()
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()
@@ -307,3 +301,5 @@ if __name__ == "__main__":
         main()
     except (TrainError, DataError, CheckpointError, ResumeError, RunFolderError, prefix.PrefixError) as e:
         sys.exit(f"train.py: error: {e}")
+    except OSError as e:  # a full disk or an unwritable folder outside a checkpoint: one line, not a traceback
+        sys.exit(f"train.py: error: could not write {e.filename or 'a file'} ({e.strerror or e}).")
