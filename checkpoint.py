@@ -43,8 +43,8 @@ class CheckpointError(Exception):
 
 def resolve(src: str | Path) -> Path:
     """A folder, a .safetensors file, or a hub name -> the local folder holding config.json. Only a bare name
-    (`gpt2-medium`) or `hf:owner/name` goes to the hub: a path with a separator is local, so a typo there
-    is "no such folder" and never sends a local path name over the network."""
+    (`gpt2-medium`) or `hf:owner/name` goes to the hub: a path with a separator, or a file name (.safetensors,
+    .json), is local, so a typo there is "no such folder" and never sends a local path name over the network."""
     path, name = Path(src), str(src)
     if path.is_dir():
         return path
@@ -52,7 +52,8 @@ def resolve(src: str | Path) -> Path:
         return path.parent
     if name.startswith("hf:"):
         name = name[3:]
-    elif "/" in name or os.sep in name or not re.fullmatch(r"[\w.-]+", name):
+    elif "/" in name or os.sep in name or not re.fullmatch(r"[\w.-]+", name) or path.suffix in (".safetensors",
+                                                                                                 ".json"):
         raise CheckpointError(f"{src}: no such folder (neither a folder, a file nor a hub name). A path with a "
                               f"separator is read as local; for a hub repository write hf:owner/name.")
     try:
@@ -110,29 +111,40 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def read_state_dict(files: list[Path], n_layer: int, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], set]:
-    """All tensors under our names, Conv1D weights transposed, old buffers dropped, cast to `dtype`. The layer
-    count is checked from the headers before any tensor is read; every tensor must be finite floating point."""
-    sd: dict[str, torch.Tensor] = {}
-    stored: set[torch.dtype] = set()  # the dtypes found, so a cast can be reported
+    """All tensors under our names, Conv1D weights transposed, old buffers dropped, cast to `dtype`. The layers the
+    headers name (all files together) must be n_layer's, checked before any tensor is read or any model built: a
+    config.json saying n_layer=10**6 fails here, at once. Every tensor must be finite floating point."""
+    handles = []
     for file in files:
         try:
-            with safe_open(str(file), framework="pt") as f:
-                names = {key: key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
-                         for key in f.keys() if not BUFFERS.search(key)}
-                layers = {int(m[1]) for m in map(LAYER.search, names.values()) if m}
-                if layers and max(layers) >= n_layer:
-                    raise CheckpointError(f"{file}: holds layer {max(layers)}, config.json says n_layer={n_layer}. "
-                                          f"Are config.json and the weights from the same model?")
-                for key, name in names.items():
-                    t = f.get_tensor(key)  # memory-mapped: pages are read when first used
-                    if not t.is_floating_point() or not torch.isfinite(t).all():
-                        raise CheckpointError(f"{file}: tensor '{key}' is {t.dtype} with NaN/Inf or not floating "
-                                              f"point; refusing to load it. Re-download or re-export the checkpoint.")
-                    stored.add(t.dtype)
-                    t = t.t() if CONV1D.search(name) else t  # a view: nn.Linear's matmul takes it as is
-                    sd[name] = t.to(dtype)
+            handles.append((file, safe_open(str(file), framework="pt")))  # the header only; tensors memory-mapped
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e}). Truncated download?") from None
+    names = [{key: key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
+              for key in f.keys() if not BUFFERS.search(key)} for _, f in handles]
+    layers = {int(m[1]) for ours in names for m in map(LAYER.search, ours.values()) if m}
+    if layers != set(range(n_layer)):
+        raise CheckpointError(f"{files[0].parent}: the weights hold {len(layers)} layers (numbered "
+                              f"{min(layers, default=0)}..{max(layers, default=-1)}), config.json says n_layer="
+                              f"{n_layer}. Are config.json and the weights from the same model, and are all shards "
+                              f"present?")
+    sd: dict[str, torch.Tensor] = {}
+    stored: set[torch.dtype] = set()  # the dtypes found, so a cast can be reported
+    for (file, f), ours in zip(handles, names):
+        for key, name in ours.items():
+            try:
+                t = f.get_tensor(key)  # memory-mapped: pages are read when first used
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{file}: tensor '{key}' is unreadable ({e}). Truncated download?") from None
+            if not t.is_floating_point():
+                raise CheckpointError(f"{file}: tensor '{key}' is {t.dtype}, not floating point (a quantized "
+                                      f"checkpoint?); this loader reads float weights. Re-export it in float32.")
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"{file}: tensor '{key}' holds NaN or Inf; refusing to load it. Re-download "
+                                      f"or re-export the checkpoint.")
+            stored.add(t.dtype)
+            t = t.t() if CONV1D.search(name) else t  # a view: nn.Linear's matmul takes it as is
+            sd[name] = t.to(dtype)
     return sd, stored
 
 

@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 from runfolder import LOG_FILE, atomic_write, write_json
 
 Params = dict[str, torch.nn.Parameter]  # trained parameters by name, in the optimizer's order
+MOMENTS = ("step", "exp_avg", "exp_avg_sq")  # AdamW's state of a parameter (tuner.adamw: no amsgrad)
 # Settings that may change on --resume; any other difference means another run and is refused.
-SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite")
+SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite",
+            "out_dir", "init_from")  # a run folder may move (the base's identity is its fingerprint)
 
 
 class ResumeError(Exception):
@@ -30,12 +32,19 @@ class ResumeError(Exception):
 
 
 def save_state(folder: Path, step: int, params: Params, opt: torch.optim.Optimizer, config: dict) -> None:
+    bad = [n for n, p in params.items() if not torch.isfinite(p).all()]
+    if bad:  # a diverged run must not replace its last good checkpoint
+        raise ResumeError(f"step {step}: the weights hold NaN/Inf ({bad[:3]}); not saved, the previous checkpoint in "
+                          f"{folder} is kept. Lower --lr, then continue from it with --resume.")
     folder.mkdir(parents=True, exist_ok=True)
     names = list(params)
     tensors = {f"param/{n}": p.detach() for n, p in params.items()}
     for i, moments in opt.state_dict()["state"].items():
         tensors |= {f"opt/{names[i]}/{k}": v for k, v in moments.items()}
-    tensors["rng/cpu"] = torch.get_rng_state()
+    tensors["rng/cpu"] = torch.get_rng_state()  # dropout's masks (fine-tuning) come from here, or from the GPU's:
+    device = next(iter(params.values())).device
+    if device.type == "cuda":
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     file = folder / f"step{step}.safetensors"
     try:
         atomic_write(file, lambda tmp: save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
@@ -56,7 +65,7 @@ def read_state(folder: Path) -> dict | None:
         return None
     try:
         state = json.loads(path.read_text())
-        ok = isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0 \
+        ok = isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0 \
             and isinstance(state.get("file"), str) and isinstance(state.get("config"), dict)
     except (OSError, ValueError) as e:
         raise ResumeError(f"{path}: unreadable ({e}). The checkpoint is damaged; start again without --resume "
@@ -78,6 +87,9 @@ def load_state(folder: Path, state: dict, params: Params, opt: torch.optim.Optim
     shapes |= {k: params[k.split("/")[1]].shape for k, v in tensors.items()  # AdamW's moments: a parameter's shape
                if k.startswith("opt/") and v.dim() > 0 and k.split("/")[1] in params}
     bad = [k for k, shape in shapes.items() if k not in tensors or tensors[k].shape != shape]
+    for n in params:  # a parameter has all of AdamW's state, or none (it never had a gradient)
+        have = {k.split("/")[-1] for k in tensors if k.startswith(f"opt/{n}/")}
+        bad += [f"opt/{n}/{kind}" for kind in MOMENTS if kind not in have] if have else []
     if bad or "rng/cpu" not in tensors:
         raise ResumeError(f"{path}: tensors missing or of the wrong shape: {(bad or ['rng/cpu'])[:3]}. Is it from "
                           f"this run?")
@@ -93,6 +105,9 @@ def load_state(folder: Path, state: dict, params: Params, opt: torch.optim.Optim
                    for i, (n, p) in enumerate(params.items()) if f"opt/{n}/step" in tensors}
     opt.load_state_dict(sd)
     torch.set_rng_state(tensors["rng/cpu"])
+    device = next(iter(params.values())).device
+    if "rng/cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
     return state["step"]
 
 
@@ -123,5 +138,5 @@ def save_step(out: Path, done: int, row: dict | None, params: Params, opt: torch
         if due:
             save_state(out / "resume", done, params, opt, run)
     except OSError as e:
-        raise ResumeError(f"step {done}: could not write to {out} ({e.strerror or e}: {e.filename}); the previous "
+        raise ResumeError(f"step {done}: could not write {e.filename or out} ({e.strerror or e}); the previous "
                           f"checkpoint is kept. Free space, then continue with --resume.") from None
