@@ -1,5 +1,5 @@
 """What a tuner is: which weights learn, how they enter GPT-2's forward, and what a run stores (Li & Liang 2021,
-§6 "Main Results" compares these methods with everything else equal).
+§6 "Main Results" compares these methods with everything else equal; §7 ablates the prefix).
 
 train.py knows no tuner by name: it builds one from the registry and trains whatever parameters it leaves
 trainable. A tuner is an nn.Module holding the base model, with
@@ -9,7 +9,8 @@ trainable. A tuner is an nn.Module holding the base model, with
     settings() -> dict, counts() -> dict             the real settings and parameter counts the run records
     save(out) -> Path                                what beam.py needs besides the base
     open(folder, base, allow_other_base) -> (model, past_kv)    staticmethod: the run, ready to decode
-Prefix-tuning lives in prefix.py, where its idea is taught; fine-tuning, the baseline, is here.
+Each lives where its idea is taught: prefix-tuning in prefix.py (with --infix, infix.py), adapter-tuning in
+adapter.py, the embedding-only prefix in embedding.py; fine-tuning, the baseline, and FT-top2 are here.
     model, past_kv, tok, run = open_run("out/prefix")
 """
 from __future__ import annotations
@@ -20,11 +21,15 @@ import tiktoken
 import torch
 import torch.nn as nn
 
+from adapter import AdapterTuner
 from checkpoint import CheckpointError, from_pretrained, resolve, save_pretrained
+from embedding import EmbeddingTuner
+from infix import INFIX_FILE, InfixTuner
 from model import IGNORE_INDEX, GPT, GPTOutput, PastKV
-from prefix import PrefixTuner
+from prefix import PrefixError, PrefixTuner
 from runfolder import read_run
 from tokenizer import load_tokenizer
+from tuned_files import tally
 
 
 class FineTuner(nn.Module):
@@ -34,7 +39,7 @@ class FineTuner(nn.Module):
 
     def __init__(self, model: GPT):
         super().__init__()
-        self.model = model.requires_grad_(True)
+        self.model = model.requires_grad_(True).train()  # dropout on; train.py evaluates in eval mode
 
     @classmethod
     def build(cls, model: GPT, tok: tiktoken.Encoding, **_: object) -> FineTuner:
@@ -48,7 +53,7 @@ class FineTuner(nn.Module):
 
     def counts(self) -> dict[str, float]:
         n = sum(p.numel() for p in self.model.parameters())
-        return {"model": n, "trained": n, "trained_frac": 1.0, "stored": n, "stored_frac": 1.0}
+        return tally(n, sum(p.numel() for p in self.model.parameters() if p.requires_grad), n)
 
     def save(self, out: Path) -> Path:
         save_pretrained(self.model, out)
@@ -59,8 +64,43 @@ class FineTuner(nn.Module):
         return base, None  # the run folder is itself the model: open_run loads it as the base
 
 
-TUNERS: dict[str, type[nn.Module]] = {"prefix": PrefixTuner, "fine": FineTuner}
-STANDALONE = ("fine",)  # tuners whose run folder holds the whole model (config.json + model.safetensors)
+class FineTopTuner(FineTuner):
+    """FT-TOP2 (§6): fine-tune only the top 2 blocks. What learns is what the authors' `--tuning_mode finetune-top
+    --top_layers 2` trains (run_language_modeling.py): blocks L-2 and L-1, the final LayerNorm and the token
+    embedding wte, which GPT-2 ties to the output head (so the head learns too; wpe stays). Every other weight
+    stays bit for bit. Trained as their fine-tuning: transformers' Trainer, so dropout is on in every block,
+    frozen ones too, and the loss is a token mean."""
+    name, top = "fine-top2", 2
+    weights_learn = False  # gradients still flow down to wte through every block, weight gradients only on top
+
+    def __init__(self, model: GPT):
+        super().__init__(model)
+        L, learn = model.config.n_layer, ("transformer.ln_f.", "transformer.wte.")
+        learn += tuple(f"transformer.h.{i}." for i in range(max(0, L - self.top), L))
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(learn))
+
+
+class PrefixOrInfix:
+    """--tuner prefix: the prefix before the source (prefix.py), or with --infix between source and target
+    (infix.py, §7.3 "Prefix-tuning vs Infix-tuning"). A run folder says which by its file."""
+
+    @staticmethod
+    def build(model: GPT, tok: tiktoken.Encoding, infix: bool = False, prefix_init: str = "",
+              **settings: object) -> nn.Module:
+        if infix and (prefix_init or settings.get("labels")):
+            raise PrefixError("--infix trains one infix from random: not with --prefix-init or label rows.")
+        return (InfixTuner if infix else PrefixTuner).build(model, tok, prefix_init=prefix_init, **settings)
+
+    @staticmethod
+    def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[nn.Module, PastKV | None]:
+        tuner = InfixTuner if (folder / INFIX_FILE).is_file() else PrefixTuner
+        return tuner.open(folder, base, allow_other_base)
+
+
+TUNERS: dict[str, type] = {"prefix": PrefixOrInfix, "fine": FineTuner, "fine-top2": FineTopTuner,
+                           "adapter": AdapterTuner, "embedding": EmbeddingTuner}
+STANDALONE = ("fine", "fine-top2")  # tuners whose run folder holds the whole model (config.json + model.safetensors)
 
 
 def nll_sum(loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
