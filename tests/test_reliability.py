@@ -8,6 +8,7 @@ Faults are injected only where nothing else can cause them (a full disk: fsync r
 import errno
 import json
 import os
+import runpy
 import shutil
 import signal
 import stat
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 import beam
 import checkpoint
 import prefix
+import report
 import runfolder
 import train
 import tuner
@@ -34,9 +36,7 @@ HANDLED = (train.TrainError, DataError, CheckpointError, ResumeError, RunFolderE
 
 
 @pytest.fixture(autouse=True)
-def no_plots(monkeypatch):
-    """The loss plot is report.py's business and costs seconds a run; these tests never look at it."""
-    import report
+def no_plots(monkeypatch):  # the loss plot costs seconds a run, and no test here looks at it
     for module in (report, train):
         monkeypatch.setattr(module, "line_plot", lambda *a, **k: True)
 
@@ -179,9 +179,8 @@ def test_training_ending_in_nan_writes_nothing(tiny_ckpt, data_dir, tmp_path, mo
     refused(argv(tiny_ckpt, tmp_path / "inf", data_dir, "--max-steps", "1", "--lr", "1e39"), "NaN/Inf")
     assert not (tmp_path / "inf" / "prefix.safetensors").exists()
     assert not (tmp_path / "inf" / "resume" / "state.json").exists()  # no checkpoint of infinite weights either
-    calls, real = [], train.nll_sum
-    monkeypatch.setattr(train, "nll_sum", lambda loss, t: real(loss, t) * (1 if calls.append(1) or len(calls) < 2
-                                                                            else float("nan")))
+    real, scale = train.nll_sum, iter([1.0, float("nan")])  # the last step's loss is NaN
+    monkeypatch.setattr(train, "nll_sum", lambda loss, targets: real(loss, targets) * next(scale))
     refused(argv(tiny_ckpt, tmp_path / "nan", data_dir, "--max-steps", "2", "--save-every", "1"), "step 2: loss nan")
     assert json.loads((tmp_path / "nan" / "resume" / "state.json").read_text())["step"] == 1
     assert not (tmp_path / "nan" / "prefix.safetensors").exists()
@@ -256,7 +255,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one(name, skip, tiny_ckpt,
     full = disk_full_at(monkeypatch, name, skip)
     monkeypatch.setattr(sys, "argv", ["train.py", *argv(tiny_ckpt, out, data_dir, *steps)])
     with pytest.raises(SystemExit) as e:  # as the user runs it: train.py's own one-line error
-        __import__("runpy").run_path(str(train.__file__), run_name="__main__")
+        runpy.run_path(str(train.__file__), run_name="__main__")
     assert str(e.value.code).startswith("train.py: error: step 2:") and "\n" not in str(e.value.code)
     assert "No space left on device" in str(e.value.code) and "None" not in str(e.value.code)
     assert sorted(os.listdir(out / "resume")) == ["state.json", "step1.safetensors"]
