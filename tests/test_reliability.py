@@ -51,8 +51,9 @@ def data_dir(tmp_path_factory):
 
 
 def argv(ckpt, out, data_dir, *extra) -> list[str]:
+    """A tiny run on CPU, where resume is bit-exact (CUDA's backward kernels need not be)."""
     return ["--init-from", str(ckpt), "--data-dir", str(data_dir), "--train-split", "train.jsonl", "--valid-split",
-            "", "--batch-size", "2", "--log-every", "1", "--out-dir", str(out), *extra]
+            "", "--batch-size", "2", "--log-every", "1", "--device", "cpu", "--out-dir", str(out), *extra]
 
 
 def refused(args: list[str], match: str) -> str:
