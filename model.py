@@ -67,6 +67,16 @@ class GPTConfig:
 # Named shapes, for random-weight models (offline smoke runs, tests, benchmarks); the hub has the real ones.
 SHAPES = {"tiny": dict(n_layer=2, n_head=4, n_embd=32), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
           "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
+
+
+def named_shape(name: str) -> dict | None:
+    """"tiny", "gpt2", "gpt2-medium", or "LxD" for any small shape (e.g. "4x256": 4 layers, 256 wide, heads of 64)."""
+    if name in SHAPES:
+        return SHAPES[name]
+    L, _, D = name.partition("x")
+    if L.isdigit() and D.isdigit() and int(D) % 64 == 0 and int(L) > 0 and int(D) > 0:
+        return dict(n_layer=int(L), n_head=int(D) // 64, n_embd=int(D))
+    return None
 # GPT-2's "gelu_new" is the tanh approximation; an exact GELU here would drift from the checkpoints.
 GELU_APPROX = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -79,12 +89,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
-                attn_mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, attn_mask: torch.Tensor | None,
+                write_at: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if past is not None:
+        if past is not None and write_at is not None:
+            # A preallocated cache (search.py): the new keys/values are written into it, in place, and attention
+            # reads its filled columns as a view, so a decoding step does not copy the whole past as cat does.
+            past[0][:, :, write_at:write_at + T], past[1][:, :, write_at:write_at + T] = k, v
+            k, v = past[0][:, :, :write_at + T], past[1][:, :, :write_at + T]     # (B, H, S, D), S = write_at + T
+        elif past is not None:
             # The prefix (§4.2) enters here, after c_attn: the frozen projections never see it, so the
             # learned keys/values alone carry the task. A past of batch 1 is broadcast by expand (a view).
             past_k, past_v = past
@@ -126,9 +141,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
-                attn_mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn(self.ln_1(x), past, attn_mask)
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, attn_mask: torch.Tensor | None,
+                write_at: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, present = self.attn(self.ln_1(x), past, attn_mask, write_at)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 
@@ -186,11 +201,12 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, past_kv: PastKV | None = None, attention_mask: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, use_cache: bool = False, last_only: bool = False,
-                embeds: torch.Tensor | None = None) -> GPTOutput:
+                embeds: torch.Tensor | None = None, write_at: int | None = None) -> GPTOutput:
         """idx (B, T); past_kv per layer (B or 1, H, P, D); attention_mask (B, P+T) with 1 = real key.
-        embeds (B, T, C), if given, replaces wte(idx) (input-level tuning feeds its own vectors)."""
+        embeds (B, T, C), if given, replaces wte(idx) (input-level tuning feeds its own vectors).
+        write_at: past_kv are preallocated (B, H, W, D), filled up to this column (P = write_at); T more are written."""
         B, T = idx.shape
-        P = 0 if past_kv is None else past_kv[0][0].size(2)
+        P = write_at if write_at is not None else 0 if past_kv is None else past_kv[0][0].size(2)
         if attention_mask is None:
             # Positions continue after the past (P..P+T-1), as in a KV cache and in the paper's code.
             pos = torch.arange(P, P + T, device=idx.device).expand(B, T)      # (B, T)
@@ -203,7 +219,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(tok + self.transformer.wpe(pos))              # (B, T, C)
         present_kv: PastKV = []
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past_kv is None else past_kv[i], attn_mask)
+            x, present = block(x, None if past_kv is None else past_kv[i], attn_mask, write_at)
             present_kv.append(present)
         x = self.transformer.ln_f(x)
         if targets is None:

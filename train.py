@@ -31,7 +31,7 @@ import prefix
 from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
 from cli import arg, parse, pick_device
 from data import IGNORE, TEMPLATE, Batches, DataError, batch_of, example, read_rows, subset, task_labels
-from model import GPT, SHAPES, GPTConfig, flops_per_token
+from model import GPT, SHAPES, GPTConfig, flops_per_token, named_shape
 from report import Meter, line_plot, peak_tflops
 from resume import ResumeError, resume_from, save_step
 from runfolder import LOG_FILE, RunFolderError, claim, read_log, write_run
@@ -47,7 +47,7 @@ LR = {"prefix": 8e-5, "fine": 5e-5, "fine-top2": 5e-5, "adapter": 5e-5, "embeddi
 class TrainConfig:
     tuner: str = arg("prefix", "prefix: train P virtual tokens, GPT-2 frozen; fine: train every weight",
                      choices=tuple(TUNERS))
-    init_from: str = arg("gpt2-medium", "base model: folder, hub name (hf:owner/name), or random:tiny|gpt2|gpt2-medium")
+    init_from: str = arg("gpt2-medium", "base: folder, hub name (or hf:owner/name), random:tiny|gpt2|gpt2-medium|LxD")
     data_dir: str = arg("data/e2e", "folder with src1_*.txt, the E2E CSVs or {split}.jsonl, or one data file")
     train_split: str = arg("train", "split (train, dev, test), or a file in --data-dir, or a path")
     valid_split: str = arg("dev", "the same, for the validation loss; '' for none")
@@ -111,9 +111,10 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     if not cfg.init_from.startswith("random:"):
         folder = resolve(cfg.init_from)
         return from_pretrained(folder), folder
-    shape = SHAPES.get(cfg.init_from.removeprefix("random:"))
+    shape = named_shape(cfg.init_from.removeprefix("random:"))
     if shape is None:
-        raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in SHAPES]}.")
+        raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in SHAPES]} "
+                         f"or random:LxD (L layers, D wide, D a multiple of 64: random:4x256).")
     torch.manual_seed(cfg.seed)
     return GPT(GPTConfig(**shape)).eval(), None
 
