@@ -1,21 +1,27 @@
-"""The five E2E NLG Challenge metrics, equal to the official scorer (tuetschek/e2e-metrics, default mode).
+"""The metrics of each task's official scorer, equal to it (Li & Liang 2021, Tables 1 and 2).
 
-Papers report BLEU, NIST, METEOR, ROUGE-L and CIDEr from measure_scores.py (Li & Liang 2021, Table 1
-on E2E); ours are only comparable if they are its numbers. BLEU and NIST follow its Perl mteval-v13a,
-ROUGE-L and CIDEr its coco-caption scorers; the PTB tokenizer and METEOR 1.5 run pycocoevalcap's jars.
-    python -m eval ../shared/data/e2e/testset_w_refs.csv out/test.txt [--json]
-    from eval import read_refs, read_outputs, score
+Papers report E2E's BLEU, NIST, METEOR, ROUGE-L and CIDEr from measure_scores.py (tuetschek/e2e-metrics,
+default mode), and WebNLG's and DART's BLEU, METEOR and TER from their official scripts; ours are only
+comparable if they are those numbers. E2E: BLEU and NIST follow its Perl mteval-v13a, ROUGE-L and CIDEr
+its coco-caption scorers; the PTB tokenizer and METEOR 1.5 run pycocoevalcap's jars. WebNLG and DART:
+eval/data2text.py. A task of your own ("text"): E2E's BLEU and rouge-score's ROUGE.
+    python -m eval ../shared/data/e2e/testset_w_refs.csv out/test.txt [--json] [--task e2e|webnlg|dart|text]
+    from eval import read_refs, read_outputs, score, score_files
 """
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .bleu_nist import bleu_nist
-from .files import EvalError, read_outputs, read_refs
+from .data2text import score_data2text
+from .files import EvalError, check_pairs, read_outputs, read_refs
 from .java import Meteor, ptb_tokenize
+from .rouge import rouge
 from .rouge_cider import cider_d, rouge_l
 
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
-__all__ = ["EvalError", "METRICS", "read_outputs", "read_refs", "score", "score_files"]
+TASK_METRICS = {"e2e": METRICS, "webnlg": ("BLEU", "METEOR", "TER"), "dart": ("BLEU", "METEOR", "TER"),
+                "text": ("BLEU", "ROUGE_1", "ROUGE_2", "ROUGE_L")}
+__all__ = ["EvalError", "METRICS", "TASK_METRICS", "read_outputs", "read_refs", "score", "score_files"]
 
 
 def score(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
@@ -23,10 +29,7 @@ def score(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
 
     BLEU and NIST come rounded to 4 decimals, as the official script parses them from mteval's output.
     """
-    if len(refs) != len(outputs):
-        raise EvalError(f"{len(outputs)} outputs for {len(refs)} MRs. Give exactly one output per MR.")
-    if not outputs or not all(refs):
-        raise EvalError("nothing to score, or an MR without references. Every MR needs a reference.")
+    check_pairs(refs, outputs)
     meteor = Meteor()  # its JVM loads the paraphrase table while the rest runs
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -45,10 +48,20 @@ def score(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
         meteor.close()
 
 
-def score_files(refs_path: str | Path, outputs_path: str | Path) -> dict[str, float]:
-    """score() on a references file (CSV or text) and an outputs file, checking that they line up."""
+def score_text(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
+    """A task of your own: BLEU as the E2E scorer's (0-1) and rouge-score's ROUGE-1/2/L F-measures."""
+    check_pairs(refs, outputs)
+    return {"BLEU": bleu_nist(refs, outputs)[0], **rouge(refs, outputs)}
+
+
+def score_files(refs_path: str | Path, outputs_path: str | Path, task: str = "e2e") -> dict[str, float]:
+    """The task's metrics (TASK_METRICS) on a references file (CSV or text) and an outputs file, lined up."""
+    if task not in TASK_METRICS:
+        raise EvalError(f"task {task!r}: expected one of {', '.join(TASK_METRICS)}.")
     refs, outputs = read_refs(refs_path), read_outputs(outputs_path)
     if len(refs) != len(outputs):
         raise EvalError(f"{outputs_path} has {len(outputs)} lines but {refs_path} has references for {len(refs)} "
                         f"MRs. Write exactly one output line per MR, in the references' order.")
-    return score(refs, outputs)
+    if task == "e2e":
+        return score(refs, outputs)
+    return score_text(refs, outputs) if task == "text" else score_data2text(refs, outputs, task)

@@ -1,32 +1,36 @@
-"""Score E2E outputs with the five official metrics (see eval/__init__.py).
+"""Score outputs with a task's official metrics (see eval/__init__.py).
 
-    python -m eval ../shared/data/e2e/testset_w_refs.csv out/test.txt          # a table
+    python -m eval ../shared/data/e2e/testset_w_refs.csv out/test.txt          # E2E: a table
     python -m eval ../shared/eval-cases/example-refs.txt outputs.txt --json    # one JSON object
+    python -m eval out/test.seen.refs.txt out/test.seen.txt --task webnlg      # BLEU 0-100, METEOR, TER
 """
 import argparse
 import json
 import sys
 
-from . import METRICS, EvalError, score_files
+from . import TASK_METRICS, EvalError, score_files
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("refs", help="references: the challenge CSV (mr,ref) or text, a blank line after each MR")
-    p.add_argument("outputs", help="system outputs, one line per MR in the references' order")
+    p.add_argument("refs", help="references: the challenge CSV (mr,ref) or text, a blank line after each entry")
+    p.add_argument("outputs", help="system outputs, one line per entry in the references' order (or beam.py's JSONL)")
+    p.add_argument("--task", choices=TASK_METRICS, default="e2e",
+                   help="whose official scoring: e2e, webnlg, dart, or text (BLEU and ROUGE for your own task)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     try:
-        scores = score_files(args.refs, args.outputs)
+        scores = score_files(args.refs, args.outputs, task=args.task)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(scores))
     else:
-        for name in METRICS:
-            print(f"{name:<8}{scores[name]:.4f}")
+        for name in TASK_METRICS[args.task]:
+            digits = 2 if name == "BLEU" and args.task in ("webnlg", "dart") else 4  # multi-bleu.perl prints 2
+            print(f"{name:<8}{scores[name]:.{digits}f}")
     return 0
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from unidecode import unidecode
 
+from .files import check_pairs
 from .java import Meteor
 from .multi_bleu import multi_bleu
 from .ter import ter
@@ -41,6 +42,7 @@ def normalize(text: str, task: str, reference: bool) -> str:
 def score_data2text(refs: list[list[str]], outputs: list[str], task: str,
                     meteor: Meteor | None = None) -> dict[str, float]:
     """BLEU (0-100), METEOR and TER (0-1) of raw outputs[i] against raw refs[i]; `meteor` may be shared."""
+    check_pairs(refs, outputs)
     refs = [[normalize(r, task, reference=True) for r in group[:N_REFS]] for group in refs]
     outputs = [normalize(o, task, reference=False) for o in outputs]
     running = meteor or Meteor()  # its JVM loads the paraphrase table while BLEU and TER run

@@ -1,10 +1,12 @@
 """Reading references and outputs the way the official E2E scorer (measure_scores.py) reads them.
 
 References: the challenge CSV (`mr,ref`; consecutive rows with the same MR are one MR's references), or
-text with one reference a line and a blank line after each MR's group. Outputs: one line per MR. Lines are
-stripped; an empty output line is an empty output. Also the one error type of eval/.
+text with one reference a line and a blank line after each MR's group. Outputs: one line per MR, or
+beam.py's JSONL (its "text" fields). Lines are stripped; an empty output line is an empty output. Also the
+one error type of eval/.
 """
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -19,6 +21,14 @@ class EvalError(Exception):
     """Input eval/ cannot score; the message names the file, the line and the fix."""
 
 
+def check_pairs(refs: list[list[str]], outputs: list[str]) -> None:
+    """One output per entry, and references for every entry."""
+    if len(refs) != len(outputs):
+        raise EvalError(f"{len(outputs)} outputs for {len(refs)} entries (MRs). Give exactly one output per entry.")
+    if not outputs or not all(refs):
+        raise EvalError("nothing to score, or an entry without references. Every entry needs a reference.")
+
+
 def read_lines(path: str | Path) -> list[str]:
     """UTF-8 lines, stripped; split like Python's codecs reader (str.splitlines), as the official script is."""
     try:
@@ -31,16 +41,37 @@ def read_lines(path: str | Path) -> list[str]:
         line = data[:e.start].count(b"\n") + 1
         raise EvalError(f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}). "
                         f"Re-save the file as UTF-8.") from None
+    if "\0" in text:
+        raise EvalError(f"{path}: NUL bytes, so not a text file. Give plain text, one line per entry.")
     return [line.strip() for line in text.splitlines()]
+
+
+def json_rows(lines: list[str]) -> list[dict] | None:
+    """The lines as JSON objects if every non-blank one is an object (beam.py's JSONL), else None."""
+    rows = []
+    for line in filter(None, lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(row, dict):
+            return None
+        rows.append(row)
+    return rows or None
 
 
 def read_refs(path: str | Path) -> list[list[str]]:
     """References per MR, from the challenge CSV (.csv/.tsv) or a blank-line-separated text file."""
     if re.search(r"\.[ct]sv$", str(path), re.I):
         return read_csv_refs(path)
+    lines = read_lines(path)
+    if json_rows(lines):
+        raise EvalError(f"{path}: JSON lines, not references. Give the references as text, one a line and a blank "
+                        f"line after each entry's group (beam.py --data-dir writes them beside its output as "
+                        f"{Path(path).stem}.refs.txt).")
     groups: list[list[str]] = [[]]
     double_blank = 0  # a second blank line in a row, an error unless only blank lines follow
-    for number, line in enumerate(read_lines(path), start=1):
+    for number, line in enumerate(lines, start=1):
         if line and double_blank:
             raise EvalError(f"{path}, line {double_blank}: a second blank line in a row, so an MR without "
                             f"references. Put exactly one blank line after each MR's group of references.")
@@ -92,8 +123,15 @@ def read_csv_refs(path: str | Path) -> list[list[str]]:
 
 
 def read_outputs(path: str | Path) -> list[str]:
-    """System outputs, one line per MR."""
+    """System outputs, one line per MR; from beam.py's JSONL, the "text" of each row (its line breaks as spaces)."""
     outputs = read_lines(path)
     if not outputs:
         raise EvalError(f"{path}: empty. Write one output a line, one line per MR, in the references' order.")
-    return outputs
+    rows = json_rows(outputs)
+    if rows is None:
+        return outputs
+    if not all(isinstance(row.get("text"), str) for row in rows):
+        raise EvalError(f"{path}: every line is a JSON object, not all with a \"text\" string, so neither outputs "
+                        f"nor beam.py's JSONL. Give the outputs as text, one line per entry (beam.py --data-dir "
+                        f"writes {Path(path).stem}.txt beside its JSONL).")
+    return [" ".join(row["text"].splitlines()).strip() for row in rows]

@@ -67,18 +67,20 @@ class Meteor:
         cmd = [java, "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-norm"]
         self.proc = subprocess.Popen(cmd, cwd=root / "meteor", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
+        self.stats: dict[str, str] = {}  # SCORE line -> its statistics: a segment scored again costs nothing
 
     def score(self, refs: list[list[str]], outputs: list[str]) -> float:
         """Corpus METEOR: the jar's EVAL over every MR's SCORE statistics (not a mean of sentence scores)."""
         lines = [" ||| ".join(("SCORE", " ||| ".join(group), out.replace("|||", "").replace("  ", " ")))
                  for group, out in zip(refs, outputs)]
+        new = [line for line in dict.fromkeys(lines) if line not in self.stats]
         # All SCORE lines go in at once from a thread (coco-caption waits for each answer); the jar
         # answers in order, so reading while writing avoids both round trips and a full-pipe deadlock.
-        writer = threading.Thread(target=self._write, args=("".join(line + "\n" for line in lines),))
+        writer = threading.Thread(target=self._write, args=("".join(line + "\n" for line in new),))
         writer.start()
-        stats = [self._readline() for _ in lines]
+        self.stats.update((line, self._readline()) for line in new)
         writer.join()
-        self._write("EVAL" + "".join(" ||| " + s for s in stats) + "\n")
+        self._write("EVAL" + "".join(" ||| " + self.stats[line] for line in lines) + "\n")
         for _ in lines:  # one score per MR comes first, then the corpus score
             self._readline()
         return float(self._readline())

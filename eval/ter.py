@@ -115,8 +115,8 @@ def alignment_errors(path: str, n_hyp: int, n_ref: int) -> tuple[list[bool], lis
     return hyp_err, ref_err, ref_align
 
 
-def candidate_shifts(cur: tuple, starts: dict, path: str, n_ref: int) -> list[list[tuple[int, int, int]]]:
-    """tercom's GatherAllPossShifts: (start, end, new position) of each shift worth trying, by length - 1.
+def candidate_shifts(cur: tuple, starts: dict, path: str, n_ref: int) -> list[tuple[int, int, int]]:
+    """tercom's GatherAllPossShifts: (start, end, new position) of each shift worth trying, longest first.
 
     A shift moves hyp words cur[start..end] that are not all matched to where the same words stand
     unmatched in the reference, i.e. just after the hyp word that ref position is aligned after (-1: front).
@@ -146,15 +146,13 @@ def candidate_shifts(cur: tuple, starts: dict, path: str, n_ref: int) -> list[li
                         shifts[end - start].append((start, end, ref_align[m + off]))
             if not movable:
                 break
-    return shifts
+    return [shift for group in reversed(shifts) for shift in group]
 
 
 def shifted(words: tuple, start: int, end: int, to: int) -> tuple:
     """tercom's PerformShift: words[start..end] moved to just after position `to` (-1: to the front)."""
     block = words[start:end + 1]
-    if to == -1:
-        moved = block + words[:start] + words[end + 1:]
-    elif to < start:
+    if to < start:
         moved = words[:to + 1] + block + words[to + 1:start] + words[end + 1:]
     elif to > end:
         moved = words[:start] + words[end + 1:to + 1] + block + words[to + 1:]
@@ -193,8 +191,7 @@ def shift_edits(hyps: list[tuple], refs: list[tuple]) -> list[int]:
     n_shifts = [0] * len(hyps)
     searching = list(range(len(hyps)))
     while searching:
-        shifts = {k: [s for group in reversed(candidate_shifts(words[k], starts[k], paths[k], len(refs[k])))
-                      for s in group] for k in searching}
+        shifts = {k: candidate_shifts(words[k], starts[k], paths[k], len(refs[k])) for k in searching}
         tried = [(k, shifted(words[k], *s)) for k in searching for s in shifts[k]]
         costs = edit_distances([w for _, w in tried], [refs[k] for k, _ in tried])
         moved, at = {}, 0
