@@ -64,6 +64,9 @@ def resolve(src: str | Path) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except Exception as e:  # offline, unknown repo, gated: all end the same way for the user
+        if "NotFound" in type(e).__name__:  # huggingface_hub's RepositoryNotFoundError: a typo, most likely
+            raise CheckpointError(f"{src}: not found on the hub, and no such local folder. Check the spelling "
+                                  f"(gpt2, gpt2-medium, hf:owner/name) or pass a local folder.") from None
         raise CheckpointError(f"{src}: not a local folder or file, and the hub could not give it ({type(e).__name__}: "
                               f"{e}). Check the name and your connection, or download it and pass the folder.") from None
 

@@ -67,6 +67,9 @@ def split_files(data_dir: str | Path, split: str) -> tuple[str, list[Path]]:
     """The dataset and files of `split`: a file it names (in data_dir, or a path), data_dir if a file, or the first
     of its names found in data_dir (WebNLG train/dev: all XML files, sorted: the order of the authors' JSON)."""
     root = Path(data_dir)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder or file. Give the dataset's folder (e.g. ../shared/data/e2e); get "
+                        f"E2E from {E2E_URL}, or give a JSONL file of {{\"source\": ..., \"target\": ...}} lines.")
     if (root / split).is_file():
         root = root / split
     dataset = dataset_of(root)

@@ -113,3 +113,7 @@ def read_log(path: Path, upto: int) -> tuple[str, int]:
     return "".join(r + "\n" for r in kept), torn
 
 
+def val_losses(log: Path) -> list[float]:
+    """The validation losses a run's log holds so far, in order (what --early-stop and OUT/best go by)."""
+    rows = [json.loads(line) for line in log.read_text().split("\n") if line] if log.is_file() else []
+    return [r["val_loss"] for r in rows if "val_loss" in r]

@@ -30,13 +30,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import prefix
 from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
 from cli import arg, parse, pick_device
-from data import IGNORE, TEMPLATE, Batches, DataError, batch_of, example, read_rows, subset, task_labels
+from data import IGNORE, TEMPLATE, Batches, DataError, example, read_rows, subset, task_labels
 from model import GPT, SHAPES, GPTConfig, flops_per_token, named_shape
 from report import Meter, line_plot, peak_tflops
 from resume import ResumeError, resume_from, save_step
-from runfolder import LOG_FILE, RunFolderError, claim, read_log, write_run
+from runfolder import LOG_FILE, RunFolderError, claim, read_log, val_losses, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
-from tuner import STANDALONE, TUNERS, adamw, nll_sum, objective
+from tuner import STANDALONE, TUNERS, adamw, evaluate, nll_sum, objective
 
 # RECIPE.md §3: the paper's table, per tuner. It gives none for FT-top2, the adapter and the two ablations: they
 # take the authors' code default (5e-5) where they train like fine-tuning, the prefix's where they train like it.
@@ -77,6 +77,8 @@ class TrainConfig:
     compile: bool = arg(False, "torch.compile the model")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N")
     eval_every: int = arg(5000, "validation loss every N steps (and at the end); 0: only at the end", min=0)
+    early_stop: int = arg(0, "stop after N validations without a lower loss (0: never); the weights with the "
+                             "lowest validation loss are kept in OUT/best either way", min=0)
     log_every: int = arg(10, "progress line and log.jsonl row every N steps", min=1)
     save_every: int = arg(1000, "resume checkpoint every N steps", min=1)
     peak_tflops: float = arg(0.0, "peak TFLOP/s for MFU; 0: the GPU's bf16 peak if known (A100, H100...), "
@@ -193,6 +195,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         T = P + sum(batches.lengths) / len(batches.lengths)  # MFU at the mean example length
         flops = flops_per_token(model.config, T, tuner.weights_learn)
         meter = Meter(cfg.max_steps, start, world, flops, peak_tflops(device, cfg.peak_tflops))
+        history = val_losses(out / LOG_FILE)  # a resumed run remembers its validations (the best, early stop)
         # The loop: accumulate, clip, step; log, validate, checkpoint; stop cleanly on a signal.
         for step in range(start, cfg.max_steps):
             for g in opt.param_groups:
@@ -218,17 +221,24 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             opt.zero_grad(set_to_none=True)
             done = step + 1
             stopping = sync_stop(stop, world, device)
-            row = None
+            row, early = None, False
             if done % cfg.log_every == 0 or done == cfg.max_steps or stopping:
                 row = meter.row(done, loss, (stats[0] / stats[1]).item(), lr_at(step, cfg), device)
                 say(meter.line(row))
             if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                val_loss = evaluate(step_fn, valid_ex, cfg, tok.eot_token, device, world, bool(labels))
+                val_loss = evaluate(step_fn, valid_ex, cfg.batch_size, tok.eot_token, device, world, bool(labels))
                 row = (row or dict(step=done)) | dict(val_loss=val_loss)
                 say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
+                if rank == 0 and val_loss < min(history, default=math.inf):
+                    keep_best(out, tuner, run)
+                history.append(val_loss)
+                early = cfg.early_stop and len(history) - 1 - history.index(min(history)) >= cfg.early_stop
             if rank == 0:
                 due = done % cfg.save_every == 0 or done == cfg.max_steps or stopping
                 save_step(out, done, row, params, opt, run, due)
+            if early:
+                say(f"early stop after step {done}: {cfg.early_stop} validations without a lower loss")
+                break
             if stopping and done < cfg.max_steps:
                 say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
                 return
@@ -252,6 +262,14 @@ def start_run_folder(out: Path, cfg: TrainConfig, run: dict, model: GPT, base: P
     write_tokenizer_files(base, out)  # a run folder decodes with the tokenizer it was trained with
 
 
+def keep_best(out: Path, tuner: torch.nn.Module, run: dict) -> None:
+    """OUT/best: the weights with the lowest validation loss so far, a run folder beam.py decodes like OUT."""
+    (out / "best").mkdir(exist_ok=True)
+    tuner.save(out / "best")
+    write_run(out / "best", run)
+    write_tokenizer_files(out, out / "best")
+
+
 def sync_stop(stop: list[str], world: int, device: torch.device) -> bool:
     """Whether to save and stop after this step, decided once: a signal arriving later (while this step saves)
     stops the next one, never this one unsaved. Every process must stop at the same step, or the others wait
@@ -261,22 +279,6 @@ def sync_stop(stop: list[str], world: int, device: torch.device) -> bool:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop += ["a signal on another process"] if flag.item() and not stop else []
     return bool(stop)
-
-
-@torch.no_grad()
-def evaluate(step_fn, examples: list, cfg: TrainConfig, pad_id: int, device: torch.device, world: int,
-             labelled: bool) -> float:
-    """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
-    total = torch.zeros(2, device=device)
-    step_fn.eval()  # no dropout while measuring (fine-tuning trains with it)
-    for i in range(0, len(examples), cfg.batch_size):
-        idx, targets, task = (t.to(device) for t in batch_of(examples[i:i + cfg.batch_size], pad_id))
-        loss = step_fn(idx, targets, **({"task": task} if labelled else {})).loss
-        total += torch.stack([nll_sum(loss, targets), (targets != IGNORE).sum().float()])
-    step_fn.train()
-    if world > 1:
-        dist.all_reduce(total)
-    return (total[0] / total[1]).item()
 
 
 def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) -> None:

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import tiktoken
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from adapter import AdapterTuner
 from checkpoint import CheckpointError, from_pretrained, resolve, save_pretrained
+from data import batch_of
 from embedding import EmbeddingTuner
 from infix import INFIX_FILE, InfixTuner
 from model import IGNORE_INDEX, GPT, GPTOutput, PastKV
@@ -140,3 +142,19 @@ def open_run(ckpt: str | Path, dtype: torch.dtype | None = None, device: str | t
     base = from_pretrained(ckpt if run["tuner"] in STANDALONE else run["init_from"], dtype).to(device)
     model, past = tuner.open(Path(ckpt), base, allow_other_base)
     return model, past, load_tokenizer(ckpt), run
+
+
+@torch.no_grad()
+def evaluate(step_fn: nn.Module, examples: list, batch_size: int, pad_id: int, device: torch.device, world: int,
+             labelled: bool) -> float:
+    """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
+    total = torch.zeros(2, device=device)
+    step_fn.eval()  # no dropout while measuring (fine-tuning trains with it)
+    for i in range(0, len(examples), batch_size):
+        idx, targets, task = (t.to(device) for t in batch_of(examples[i:i + batch_size], pad_id))
+        loss = step_fn(idx, targets, **({"task": task} if labelled else {})).loss
+        total += torch.stack([nll_sum(loss, targets), (targets != IGNORE_INDEX).sum().float()])
+    step_fn.train()
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()

@@ -1,24 +1,28 @@
-"""Reproduce the paper's E2E experiments end to end: train, decode with beam search, score (Li & Liang 2021, §6).
+"""Reproduce the paper's experiments end to end: train, decode with beam search, score (Li & Liang 2021, §6).
 
 Each run is the three public commands a user would type: `train.py`, `beam.py --split test`, `python -m eval`;
-this script only chains them and writes the table. A finished step is skipped when the script runs again,
-so an interrupted reproduction continues where it stopped.
+this script only chains them and writes the table. A finished step is reused (and says so) when the script runs
+again, so an interrupted reproduction continues where it stopped; --force redoes every step.
+
+examples:
     python scripts/reproduce.py paper                       # Table 1 (E2E): prefix vs fine, gpt2-medium (GPU)
+    python scripts/reproduce.py paper --task webnlg         # Table 1 (WebNLG, S/U/A) and --task dart
     python scripts/reproduce.py lowdata                     # §6.3: 50..500 examples, prefix vs fine, several seeds
     python scripts/reproduce.py prefix-length               # §7.1 / Fig. 4: P in {1, 5, 10, 20, 40}
     python scripts/reproduce.py smoke                       # offline CPU check of the whole pipeline, minutes
+    python scripts/reproduce.py smoke --task webnlg         # the same on WebNLG (trains on its train set)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-import zipfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,36 +30,19 @@ sys.path.insert(0, str(ROOT))
 
 from data import read_pairs, subset  # noqa: E402
 from report import line_plot  # noqa: E402
+from tasks import PAPER_NOTE, TASKS, ReproError, Task, ensure_data  # noqa: E402
 
-E2E_ZIP = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
-E2E_FILES = ("trainset.csv", "devset.csv", "testset_w_refs.csv")
-METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
-# The paper's numbers for the rows we reproduce (RECIPE.md §5; BLEU, METEOR, ROUGE-L in %).
-PAPER = {"prefix": {"ACL": (70.3, 8.82, 46.3, 72.1, 2.46), "arXiv v1": (69.7, 8.81, 46.1, 71.4, 2.49)},
-         "fine": {"ACL": (68.8, 8.71, 46.1, 71.1, 2.43), "arXiv v1": (68.2, 8.62, 46.2, 71.0, 2.47)}}
+METRICS = TASKS["e2e"].metrics
 # Low-data (ACL Table 8): max steps chosen per size; lr 5e-5, warmup 100, P=6 from "table-to-text:".
 LOWDATA_STEPS = {"prefix": {50: 200, 100: 200, 200: 200, 500: 400}, "fine": {50: 100, 100: 100, 200: 200, 500: 400}}
+GROUP_TAG = {"seen": "S", "unseen": "U", "": "A"}
 
 
-class ReproError(Exception):
-    """A step of the reproduction failed; the message says which command and where its log is."""
-
-
-def ensure_e2e(data_dir: Path) -> None:
-    """The official E2E files, downloaded once from the dataset's public release when missing."""
-    if all((data_dir / f).is_file() for f in E2E_FILES) or (data_dir / "src1_train.txt").is_file():
-        return
-    data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading the E2E dataset to {data_dir} from {E2E_ZIP}")
-    try:
-        archive, _ = urllib.request.urlretrieve(E2E_ZIP)
-    except OSError as e:
-        raise ReproError(f"could not download {E2E_ZIP} ({e}). Offline? Download it elsewhere and unzip "
-                         f"{', '.join(E2E_FILES)} into {data_dir}.") from None
-    with zipfile.ZipFile(archive) as z:
-        for name in z.namelist():
-            if Path(name).name in E2E_FILES:
-                (data_dir / Path(name).name).write_bytes(z.read(name))
+def columns(task: Task) -> list[tuple[str, str, str]]:
+    """(metric, beam.py output group, column name): E2E's five metrics; WebNLG's BLEU-S, BLEU-U, BLEU-A, ..."""
+    if task.groups == ("",):
+        return [(m, "", m) for m in task.metrics]
+    return [(m, g, f"{m}-{GROUP_TAG[g]}") for m in task.metrics for g in task.groups]
 
 
 def run(cmd: list[str], log: Path) -> tuple[float, float]:
@@ -80,39 +67,56 @@ def epochs_done(args: dict) -> float:
 
 
 def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[str], a: argparse.Namespace) -> dict:
-    """train -> decode the test split -> score; the results of each step are kept in the run's folder."""
-    out = Path(a.work) / name
+    """train -> decode the test split -> score; each step's results are kept in the run's folder and reused."""
+    out, py, task = Path(a.work) / name, sys.executable, TASKS[a.task]
+    if a.force and out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
     facts_path = out / "facts.json"
-    if not facts_path.is_file():
+    if facts_path.is_file():
+        print(f"reusing the finished training run {out} (--force redoes it)")
+    else:
         seconds, rss = run([py, "train.py", "--tuner", tuner, "--init-from", a.model, "--data-dir", str(a.data_dir),
-                            "--out-dir", str(out), "--overwrite", "--train-split", a.train_split, *train_flags], out / "train.log")
+                            "--out-dir", str(out), "--overwrite", "--train-split", a.train_split,
+                            *task.flags.get(tuner, []), *train_flags], out / "train.log")
         last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
         facts = dict(train_s=seconds, s_per_epoch=seconds / epochs_done(json.loads((out / "args.json").read_text())),
                      peak_rss_mib=rss, peak_gpu_gib=last.get("peak_mem_gib"))
         facts_path.write_text(json.dumps(facts))
     facts = json.loads(facts_path.read_text())
-    if not (out / "test.txt").is_file():
-        run([py, "beam.py", "--ckpt", str(out), "--data-dir", str(a.data_dir), "--split", "test",
+    if (out / "test.txt").is_file():
+        print(f"reusing the decoded {out / 'test.txt'}")
+    else:
+        run([py, "beam.py", "--ckpt", str(out), "--data-dir", str(a.data_dir), "--split", a.test_split,
              "--out", str(out / "test.jsonl"), *(["--limit", str(a.limit)] if a.limit else []), *decode_flags],
             out / "beam.log")
-    if not (out / "scores.json").is_file():
-        scores = subprocess.run([py, "-m", "eval", str(out / "test.refs.txt"), str(out / "test.txt"),
-                                 "--json"], cwd=ROOT, capture_output=True, text=True)
-        if scores.returncode != 0:
-            raise ReproError(f"scoring {out} failed: {scores.stderr.strip()}")
-        (out / "scores.json").write_text(scores.stdout)
+    scores = {}
+    for metric, group, column in columns(task):
+        scores[column] = score(out, group, task.name)[metric]
     counts = json.loads((out / "args.json").read_text())["params"]  # what the run recorded it trained and stored
-    return dict(run=name, tuner=tuner, **json.loads((out / "scores.json").read_text()), **facts,
-                trained_frac=counts["trained_frac"], stored_frac=counts["stored_frac"], model_params=counts["model"])
+    return dict(run=name, tuner=tuner, **scores, **facts, trained_frac=counts["trained_frac"],
+                stored_frac=counts["stored_frac"], model_params=counts["model"])
 
 
-def table(rows: list[dict], title: str, extra: tuple[str, ...] = ()) -> str:
-    head = ["run", *extra, *METRICS, "trained %", "stored %", "s/epoch", "peak RSS MiB", "peak GPU GiB"]
+def score(out: Path, group: str, task: str) -> dict:
+    """python -m eval on one output subset (test.txt, test.seen.txt, ...), cached as its .scores.json."""
+    stem = f"test.{group}" if group else "test"
+    cache = out / f"{stem}.scores.json"
+    if not cache.is_file():
+        proc = subprocess.run([sys.executable, "-m", "eval", str(out / f"{stem}.refs.txt"), str(out / f"{stem}.txt"),
+                               "--task", task, "--json"], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ReproError(f"scoring {out / stem}.txt failed: {proc.stderr.strip()}")
+        cache.write_text(proc.stdout)
+    return json.loads(cache.read_text())
+
+
+def table(rows: list[dict], title: str, extra: tuple[str, ...] = (), task: str = "e2e") -> str:
+    metrics = [column for _, _, column in columns(TASKS[task])]
+    head = ["run", *extra, *metrics, "trained %", "stored %", "s/epoch", "peak RSS MiB", "peak GPU GiB"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["run"], *(str(r[e]) for e in extra), *(f"{r[m]:.4f}" for m in METRICS),
+        cells = [r["run"], *(str(r[e]) for e in extra), *(f"{r[m]:.4f}" for m in metrics),
                  f"{100 * r['trained_frac']:.2f}", f"{100 * r['stored_frac']:.3f}", f"{r['s_per_epoch']:.0f}",
                  f"{r['peak_rss_mib']:.0f}", "-" if r.get("peak_gpu_gib") is None else f"{r['peak_gpu_gib']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -135,15 +139,20 @@ def plot(path: Path, xs: list, series: dict[str, list[float]], xlabel: str, titl
 # --- the experiments ---------------------------------------------------------------------------------------
 
 def paper(a: argparse.Namespace) -> None:
-    ensure_e2e(Path(a.data_dir))
+    """Table 1 for one dataset: prefix-tuning vs fine-tuning with the dataset's recipe, next to the paper's rows."""
+    ensure_data(TASKS[a.task], a.data_dir, [a.train_split, a.test_split])
     rows = [one_run(f"{t}-seed{s}", t, ["--seed", str(s)], [], a) for s in a.seeds for t in ("prefix", "fine")]
-    text = table(rows, f"E2E test, {a.model} (ours)") + "\n## The paper (BLEU, NIST, METEOR, ROUGE-L, CIDEr)\n\n"
-    text += "".join(f"- {t} {v}: {PAPER[t][v]}\n" for t in PAPER for v in PAPER[t])
-    write_results("e2e", rows, text, a)
+    task = TASKS[a.task]
+    text = table(rows, f"{a.task} {a.test_split}, {a.model} (ours)", task=a.task)
+    names = [column for _, _, column in columns(task)]
+    text += f"\n## The paper ({PAPER_NOTE[a.task]})\n\n| method | " + " | ".join(names) + " |\n"
+    text += "|---" * (len(names) + 1) + "|\n"
+    text += "".join(f"| {m} | " + " | ".join(f"{v:g}" for v in vals) + " |\n" for m, vals in task.paper.items())
+    write_results(a.task, rows, text, a)
 
 
 def lowdata(a: argparse.Namespace) -> None:
-    ensure_e2e(Path(a.data_dir))
+    ensure_data(TASKS[a.task], a.data_dir, [a.train_split, a.test_split])
     rows, means = [], {t: [] for t in ("prefix", "fine")}
     for n in a.sizes:
         for t in means:
@@ -163,7 +172,7 @@ def lowdata(a: argparse.Namespace) -> None:
 
 
 def prefix_length(a: argparse.Namespace) -> None:
-    ensure_e2e(Path(a.data_dir))
+    ensure_data(TASKS[a.task], a.data_dir, [a.train_split, a.test_split])
     rows = [dict(one_run(f"len{p}-seed{a.seeds[0]}", "prefix", ["--prefix-len", str(p), "--seed", str(a.seeds[0])],
                          [], a), P=p) for p in a.lengths]
     write_results("prefix_length", rows, table(rows, "E2E prefix length (§7.1)", extra=("P",)), a)
@@ -172,39 +181,75 @@ def prefix_length(a: argparse.Namespace) -> None:
 
 
 def smoke(a: argparse.Namespace) -> None:
-    """Every step of `paper` on a random tiny GPT-2, dev as train (no train set offline): a pipeline check."""
-    train = ["--valid-split", "test", "--valid-limit", "50", "--max-steps", str(a.steps), "--lr", str(a.lr),
+    """Every step of `paper` on a random tiny GPT-2 (E2E: dev as train, no train set offline): a pipeline check.
+    WebNLG decodes a slice of both the seen and the unseen test entries, so S, U and A are all scored."""
+    if a.task == "webnlg":
+        a.test_split = str(webnlg_slice(a.data_dir, a.work / "test-slice.xml", a.limit))
+        a.limit = 0
+    train = ["--valid-split", a.valid_split, "--valid-limit", "50", "--max-steps", str(a.steps), "--lr", str(a.lr),
              "--log-every", "50", "--eval-every", "0"]
     rows = [one_run(f"smoke-{t}", t, train, ["--max-new-tokens", "40"], a) for t in ("prefix", "fine")]
-    write_results("smoke", rows, table(rows, f"SMOKE RUN ONLY: random-weight {a.model}, {a.steps} steps at lr {a.lr:g}, "
-                                             f"{a.limit} test MRs. Checks the pipeline; says nothing of quality"), a)
+    title = (f"SMOKE RUN ONLY: random-weight {a.model}, {a.steps} steps at lr {a.lr:g} on {a.task}. Checks the "
+             f"pipeline; says nothing of quality")
+    write_results("smoke" if a.task == "e2e" else f"smoke-{a.task}", rows, table(rows, title, task=a.task), a)
+
+
+def webnlg_slice(data_dir: Path, dst: Path, n: int) -> Path:
+    """The first n seen and the first n unseen entries of WebNLG's test XML (the file lists all seen ones first)."""
+    from datafiles import WEBNLG_TEST, WEBNLG_UNSEEN
+    tree = ET.parse(data_dir / WEBNLG_TEST)
+    entries = tree.getroot().find("entries")
+    seen = [e for e in entries if e.get("category") not in WEBNLG_UNSEEN][:n]
+    unseen = [e for e in entries if e.get("category") in WEBNLG_UNSEEN][:n]
+    for e in list(entries):
+        if e not in seen and e not in unseen:
+            entries.remove(e)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tree.write(dst, encoding="utf-8", xml_declaration=True)
+    return dst
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+EXPERIMENTS = {"paper": (paper, "gpt2-medium"), "lowdata": (lowdata, "gpt2-medium"),
+               "prefix-length": (prefix_length, "gpt2-medium"), "smoke": (smoke, "random:tiny")}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="experiment", required=True)
-    for name, model, work in (("paper", "gpt2-medium", "runs/paper"), ("lowdata", "gpt2-medium", "runs/lowdata"),
-                              ("prefix-length", "gpt2-medium", "runs/prefix-length"),
-                              ("smoke", "random:tiny", "runs/smoke")):
-        s = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, (_, model) in EXPERIMENTS.items():
+        s = sub.add_parser(name, help=EXPERIMENTS[name][0].__doc__ and EXPERIMENTS[name][0].__doc__.split("\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        s.add_argument("--task", default="e2e", choices=list(TASKS) if name in ("paper", "smoke") else ["e2e"],
+                       help="the dataset (its recipe's settings, metrics and the paper's figures)")
         s.add_argument("--model", default=model, help="base: hub name, folder or random:tiny|gpt2|gpt2-medium")
-        s.add_argument("--data-dir", default="data/e2e" if name != "smoke" else "../shared/data/e2e")
-        s.add_argument("--work", default=work, help="one folder per run: weights, logs, outputs, scores")
+        s.add_argument("--data-dir", help="the dataset's folder (default: data/TASK, downloaded when missing; "
+                                          "smoke: ../shared/data/TASK)")
+        s.add_argument("--work", default=f"runs/{name}", help="one folder per run: weights, logs, outputs, scores")
         s.add_argument("--seeds", type=int, nargs="+", default=[101], help="training seeds")
         s.add_argument("--results", default=str(ROOT / "results"), help="where the tables and plots go")
-        s.add_argument("--train-split", default="dev" if name == "smoke" else "train", help="split to train on")
+        s.add_argument("--train-split", help="split to train on (default: train; smoke on E2E: dev)")
         s.add_argument("--limit", type=int, default=20 if name == "smoke" else 0,
-                       help="decode and score only the first N test MRs (0: all 630)")
-    sub.choices["lowdata"].add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500])
+                       help="decode and score only the first N test entries (0: all); smoke on WebNLG: N seen + N unseen")
+        s.add_argument("--force", action="store_true", help="redo every step, even finished ones")
+    sub.choices["lowdata"].add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500],
+                                        help="training set sizes (ACL Table 8)")
     sub.choices["lowdata"].add_argument("--subsets", type=int, default=5, help="random subsets per size")
-    sub.choices["prefix-length"].add_argument("--lengths", type=int, nargs="+", default=[1, 5, 10, 20, 40])
-    sub.choices["smoke"].add_argument("--steps", type=int, default=300)
+    sub.choices["prefix-length"].add_argument("--lengths", type=int, nargs="+", default=[1, 5, 10, 20, 40],
+                                              help="prefix lengths P to train (Fig. 4)")
+    sub.choices["smoke"].add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     sub.choices["smoke"].add_argument("--lr", type=float, default=3e-3, help="a random tiny model needs far more than "
                                       "the paper's 8e-5 / 5e-5 to learn anything in minutes")
     a = p.parse_args(argv)
-    a.data_dir, a.work, a.results = (Path(x).resolve() for x in (a.data_dir, a.work, a.results))  # the steps run from the repo root
+    smoke_run = a.experiment == "smoke"
+    a.data_dir = a.data_dir or (f"../shared/data/{a.task}" if smoke_run else TASKS[a.task].data_dir)
+    a.train_split = a.train_split or ("dev" if smoke_run and a.task == "e2e" else "train")
+    a.valid_split = "test" if a.train_split == "dev" else "dev"
+    a.test_split = "test"
+    a.data_dir, a.work, a.results = (Path(x).resolve() for x in (a.data_dir, a.work, a.results))  # steps run from the root
     try:
-        {"paper": paper, "lowdata": lowdata, "prefix-length": prefix_length, "smoke": smoke}[a.experiment](a)
+        EXPERIMENTS[a.experiment][0](a)
     except ReproError as e:
         sys.exit(f"error: {e}")
 
