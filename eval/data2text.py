@@ -10,7 +10,7 @@ rewrite every text before scoring it and keep only an entry's first 3 references
 BLEU is then multi-bleu.perl's (0-100, 2 decimals), METEOR is METEOR 1.5 with the official `-l en -norm`
 (a missing reference scores 0 and never wins, so the official padding changes nothing), TER is tercom
 0.7.25's. Used by eval.score_files(task="webnlg" | "dart").
-    python -m eval out/webnlg-seen.refs.txt out/webnlg-seen.txt --task webnlg
+    python -m eval out/test.seen.refs.txt out/test.seen.txt --task webnlg    (beam.py --data-dir writes both)
 """
 import re
 from concurrent.futures import ThreadPoolExecutor

@@ -19,9 +19,10 @@ TABLE_CELLS = 1 << 18  # N x H x R of one batch of edit tables (larger ones fall
 # Edits of (hyp, ref) word pairs already searched in this process: WebNLG's "all" repeats "seen" and "unseen".
 SEARCHED: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
 MAX_SEARCHED = 1 << 18
+Moves = list[tuple[np.ndarray, np.ndarray]]  # per table column: where an insertion, where a deletion won
 
 
-def edit_table(hyps: np.ndarray, refs: np.ndarray, paths: bool) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+def edit_table(hyps: np.ndarray, refs: np.ndarray, paths: bool) -> tuple[np.ndarray, Moves]:
     """tercom's MinEditDist for N pairs at once: word ids hyps (N, H), refs (N, R), -1 padding refs.
 
     A Levenshtein table filled column by column (column j: hyp[:j]); a cell takes the diagonal move, an
@@ -50,7 +51,7 @@ def edit_table(hyps: np.ndarray, refs: np.ndarray, paths: bool) -> tuple[np.ndar
     return cost, moves
 
 
-def trace(moves: list[tuple[np.ndarray, np.ndarray]], k: int, hyp: tuple, ref: tuple) -> str:
+def trace(moves: Moves, k: int, hyp: tuple, ref: tuple) -> str:
     """Pair k's path in tercom's symbols (' ' match, S, I, D), from the table's last cell back to its first."""
     path, h, r = [], len(hyp), len(ref)
     while h > 0 or r > 0:
