@@ -1,9 +1,11 @@
 """One training step of prefix-tuning (Li & Liang 2021, §4) and of fine-tuning: ours against PEFT and transformers.
 
 At the gpt2 shape (random weights, built with transformers and saved in Hugging Face's layout), B=10, T=64, fp32
-on CPU, it times our prefix step against PEFT's prefix-tuning step on transformers' GPT-2, and our fine-tune step
-against transformers'; then, at the gpt2-medium shape, the peak memory of a prefix step against a fine step, each
-in its own process (peak resident set size, VmHWM). Steps alternate ours/theirs so a busy machine slows both.
+on CPU, it times our prefix step against PEFT's prefix-tuning step on transformers' GPT-2, our embedding-only step
+(§7.2, embedding.py) against PEFT's prompt tuning (PEFT has no bottleneck adapter, so adapter.py has no row), and
+our fine-tune step against transformers'; then, at the gpt2-medium shape, the peak memory of a prefix step against a
+fine step, each in its own process (peak resident set size, VmHWM). Steps alternate ours/theirs so a busy machine
+slows both.
     python bench/train_step.py                    # a few minutes on 2 cores
     python bench/train_step.py --steps 5 --threads 8 --peak-gflops 1000
 """
@@ -25,11 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prefix as pfx  # noqa: E402  (ours, from the repository root)
+from embedding import EmbeddingTuner, PromptEmbedding  # noqa: E402
 from model import GPT, SHAPES, GPTConfig, flops_per_token  # noqa: E402
 from tuner import nll_sum, objective  # noqa: E402
 
 GPT2, MEDIUM = SHAPES["gpt2"], SHAPES["gpt2-medium"]
 B, T, P, M = 10, 64, 5, 512  # the recipe's batch; E2E-like length; the recipe's prefix
+TARGET = {"prefix": ">= 1.5x", "embedding": ">= 1.3x", "fine": ">= 1.2x"}  # speed-up over the reference, per row
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +60,22 @@ def ours_prefix(folder: Path):
         nll = nll_sum(model(idx, past_kv=prefix(), targets=targets).loss, targets)  # as train.py computes it
         objective(nll, (targets != -100).sum(), B, per_sequence=True).backward()
         torch.nn.utils.clip_grad_norm_(prefix.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def ours_embedding(folder: Path):
+    """PEFT's prompt embeddings have no MLP: "direct" is the same trained part."""
+    model = GPT.from_pretrained(folder)
+    tuner = EmbeddingTuner(model, PromptEmbedding(model.config, P, "direct"))
+    opt = adamw(tuner.prompt.parameters())
+    idx, targets = batch()
+
+    def step() -> None:
+        nll = nll_sum(tuner(idx, targets).loss, targets)  # as train.py computes it
+        objective(nll, (targets != -100).sum(), B, per_sequence=True).backward()
+        torch.nn.utils.clip_grad_norm_(tuner.prompt.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
@@ -96,6 +116,14 @@ def peft_prefix(folder: Path):
     base = GPT2LMHeadModel.from_pretrained(folder).eval()  # frozen and without dropout, as the paper runs GPT-2
     cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, prefix_projection=True, encoder_hidden_size=M)
     return hf_step(get_peft_model(base, cfg).eval())
+
+
+def peft_prompt(folder: Path):
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import GPT2LMHeadModel
+
+    base = GPT2LMHeadModel.from_pretrained(folder).eval()  # frozen and without dropout, as for the prefix
+    return hf_step(get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P)).eval())
 
 
 def hf_fine(folder: Path):
@@ -175,16 +203,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gpt2 shape, B={B}, T={T}, fp32, {args.threads} threads; MFU against {args.peak_gflops:g} GFLOP/s")
         print(f"measured fp32 matmul (2048³): {matmul_gflops():.0f} GFLOP/s")
         rows = [("prefix", "PEFT prefix-tuning", ours_prefix(folder), peft_prefix(folder), T + P),
+                ("embedding", "PEFT prompt tuning", ours_embedding(folder), peft_prompt(folder), T + P),
                 ("fine", "transformers fine-tune", ours_fine(folder), hf_fine(folder), T)]
         for tuner, name, ours, theirs, S in rows:
             t_ours, t_theirs = side_by_side(ours, theirs, args.steps)
             for who, t in (("ours", t_ours), (name, t_theirs)):
                 mfu = B * T / t * flops_per_token(cfg, S, weights_learn=tuner == "fine") / (args.peak_gflops * 1e9)
-                print(f"  {tuner:6s} {who:24s} {t * 1e3:8.0f} ms/step {B * T / t:8.0f} tok/s  MFU {mfu:6.1%}")
-            print(f"  {tuner:6s} speed-up ours vs {name}: {t_theirs / t_ours:.2f}x")
+                print(f"  {tuner:9s} {who:24s} {t * 1e3:8.0f} ms/step {B * T / t:8.0f} tok/s  MFU {mfu:6.1%}")
+            print(f"  {tuner:9s} speed-up ours vs {name}: {t_theirs / t_ours:.2f}x")
             print("RESULT " + json.dumps(dict(bench=f"{tuner} train step", what=f"tok/s, gpt2 shape, B={B}, T={T}, CPU fp32",
                                               ours=B * T / t_ours, reference=B * T / t_theirs, ref_name=name,
-                                              ratio=t_theirs / t_ours, target=">= 1.5x" if tuner == "prefix" else ">= 1.2x")))
+                                              ratio=t_theirs / t_ours, target=TARGET[tuner])))
     mem = {t: json.loads(subprocess.run([sys.executable, __file__, "--memory", t, "--threads", str(args.threads)],
                                         capture_output=True, text=True, check=True).stdout) for t in ("prefix", "fine")}
     print("gpt2-medium shape, one step, peak RSS of its own process (VmHWM; after building the model in brackets):")

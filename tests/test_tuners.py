@@ -16,7 +16,6 @@ from transformers import GPT2LMHeadModel
 import beam
 import train
 from adapter import AdapterTuner
-from checkpoint import CheckpointError
 from conftest import E2E_DIR, TINY, make_checkpoint
 from embedding import EmbeddingTuner, PromptEmbedding, embedding_past, load_peft, save_peft
 from infix import InfixTuner
