@@ -38,8 +38,7 @@ from runfolder import LOG_FILE, RunFolderError, claim, read_log, val_losses, wri
 from tokenizer import load_tokenizer, write_tokenizer_files
 from tuner import STANDALONE, TUNERS, adamw, evaluate, nll_sum, objective
 
-# RECIPE.md §3: the paper's table, per tuner. It gives none for FT-top2, the adapter and the two ablations: they
-# take the authors' code default (5e-5) where they train like fine-tuning, the prefix's where they train like it.
+# RECIPE.md §3, per tuner; no paper value for FT-top2 and the adapter (the code's 5e-5) or EMB/INFIX (the prefix's)
 LR = {"prefix": 8e-5, "fine": 5e-5, "fine-top2": 5e-5, "adapter": 5e-5, "embedding": 8e-5}
 
 
