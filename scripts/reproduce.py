@@ -7,7 +7,10 @@ again, so an interrupted reproduction continues where it stopped; --force redoes
 examples:
     python scripts/reproduce.py paper                       # Table 1 (E2E): prefix vs fine, gpt2-medium (GPU)
     python scripts/reproduce.py paper --task webnlg         # Table 1 (WebNLG, S/U/A) and --task dart
+    python scripts/reproduce.py table1 --task e2e           # Table 1: fine, FT-top2, adapter 3% / 0.1%, prefix
     python scripts/reproduce.py lowdata                     # §6.3: 50..500 examples, prefix vs fine, several seeds
+    python scripts/reproduce.py ablations                   # §7.2-7.3: embedding-only and infix vs prefix
+    python scripts/reproduce.py init                        # §7.4: random vs real-word init, low-data sizes
     python scripts/reproduce.py prefix-length               # §7.1 / Fig. 4: P in {1, 5, 10, 20, 40}
     python scripts/reproduce.py smoke                       # offline CPU check of the whole pipeline, minutes
     python scripts/reproduce.py smoke --task webnlg         # the same on WebNLG (trains on its train set)
@@ -30,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from data import read_pairs, subset  # noqa: E402
 from report import line_plot  # noqa: E402
-from tasks import PAPER_NOTE, TASKS, ReproError, Task, ensure_data  # noqa: E402
+from tasks import (ABLATION_BLEU, E2E_TABLE1, INIT_WORDS, METHODS, PAPER_NOTE, TASKS, WEBNLG_TABLE1,  # noqa: E402
+                   ReproError, Task, ensure_data)
 
 METRICS = TASKS["e2e"].metrics
 # Low-data (ACL Table 8): max steps chosen per size; lr 5e-5, warmup 100, P=6 from "table-to-text:".
@@ -78,7 +82,9 @@ def one_run(name: str, tuner: str, train_flags: list[str], decode_flags: list[st
     else:
         seconds, rss = run([py, "train.py", "--tuner", tuner, "--init-from", a.model, "--data-dir", str(a.data_dir),
                             "--out-dir", str(out), "--overwrite", "--train-split", a.train_split,
-                            *task.flags.get(tuner, []), *train_flags], out / "train.log")
+                            *task.flags.get(tuner, []), *train_flags,
+                            *(["--max-steps", str(a.max_steps), "--valid-limit", "50"] if a.max_steps else [])],
+                           out / "train.log")
         last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
         facts = dict(train_s=seconds, s_per_epoch=seconds / epochs_done(json.loads((out / "args.json").read_text())),
                      peak_rss_mib=rss, peak_gpu_gib=last.get("peak_mem_gib"))
@@ -142,16 +148,12 @@ def paper(a: argparse.Namespace) -> None:
     """Table 1 for one dataset: prefix-tuning vs fine-tuning with the dataset's recipe, next to the paper's rows."""
     ensure_data(TASKS[a.task], a.data_dir, [a.train_split, a.test_split])
     rows = [one_run(f"{t}-seed{s}", t, ["--seed", str(s)], [], a) for s in a.seeds for t in ("prefix", "fine")]
-    task = TASKS[a.task]
     text = table(rows, f"{a.task} {a.test_split}, {a.model} (ours)", task=a.task)
-    names = [column for _, _, column in columns(task)]
-    text += f"\n## The paper ({PAPER_NOTE[a.task]})\n\n| method | " + " | ".join(names) + " |\n"
-    text += "|---" * (len(names) + 1) + "|\n"
-    text += "".join(f"| {m} | " + " | ".join(f"{v:g}" for v in vals) + " |\n" for m, vals in task.paper.items())
-    write_results(a.task, rows, text, a)
+    write_results(a.task, rows, text + paper_rows(TASKS[a.task], TASKS[a.task].paper), a)
 
 
 def lowdata(a: argparse.Namespace) -> None:
+    """§6.3 low-data: 50 to 500 E2E examples, prefix (from "table-to-text:") vs fine, subsets x seeds."""
     ensure_data(TASKS[a.task], a.data_dir, [a.train_split, a.test_split])
     rows, means = [], {t: [] for t in ("prefix", "fine")}
     for n in a.sizes:
@@ -172,6 +174,7 @@ def lowdata(a: argparse.Namespace) -> None:
 
 
 def prefix_length(a: argparse.Namespace) -> None:
+    """§7.1 / Fig. 4: prefix-tuning at each prefix length P."""
     ensure_data(TASKS[a.task], a.data_dir, [a.train_split, a.test_split])
     rows = [dict(one_run(f"len{p}-seed{a.seeds[0]}", "prefix", ["--prefix-len", str(p), "--seed", str(a.seeds[0])],
                          [], a), P=p) for p in a.lengths]
@@ -194,6 +197,56 @@ def smoke(a: argparse.Namespace) -> None:
     write_results("smoke" if a.task == "e2e" else f"smoke-{a.task}", rows, table(rows, title, task=a.task), a)
 
 
+def table1(a: argparse.Namespace) -> None:
+    """Table 1 with every method: fine, FT-top2, adapter at ≈3% and ≈0.1%, prefix; the dataset's recipe for each."""
+    task = TASKS[a.task]
+    ensure_data(task, a.data_dir, [a.train_split, a.test_split])
+    rows = [dict(one_run(f"{m}-seed{s}", tuner, [*flags, "--seed", str(s)], [], a), method=m)
+            for s in a.seeds for m, (tuner, flags) in METHODS.items()]
+    paper = {**task.paper, **(E2E_TABLE1 if a.task == "e2e" else WEBNLG_TABLE1 if a.task == "webnlg" else {})}
+    write_results(f"table1-{a.task}", rows, table(rows, f"Table 1, {a.task}, {a.model} (ours)", ("method",), a.task)
+                  + paper_rows(task, paper), a)
+
+
+def ablations(a: argparse.Namespace) -> None:
+    """§7.2 and §7.3 on E2E: embedding-only and infix against the full prefix, at each prefix length."""
+    ensure_data(TASKS["e2e"], a.data_dir, [a.train_split, a.test_split])
+    runs = {"prefix": ("prefix", []), "embedding": ("embedding", []), "infix": ("prefix", ["--infix"])}
+    rows = [dict(one_run(f"{kind}{p}-seed{a.seeds[0]}", tuner, [*flags, "--prefix-len", str(p), "--seed",
+                                                                   str(a.seeds[0])], [], a), kind=kind, P=p)
+            for p in a.lengths for kind, (tuner, flags) in runs.items()]
+    text = table(rows, f"E2E ablations (§7.2 embedding-only, §7.3 infix), {a.model} (ours)", ("kind", "P"))
+    text += "\n## The paper's BLEU (RECIPE.md §5)\n\n" + "".join(
+        f"- {kind}: " + ", ".join(f"P={p} {bleu}" for p, bleu in by_p.items()) + "\n" for kind, by_p in ABLATION_BLEU.items())
+    write_results("ablations", rows, text, a)
+    plot(a.results / "ablations.png", a.lengths, {kind: [r["BLEU"] for r in rows if r["kind"] == kind] for kind in runs},
+         "prefix length P", "E2E: prefix vs embedding-only vs infix")
+
+
+def init(a: argparse.Namespace) -> None:
+    """§7.4: random initialization vs the activations of real words, at the low-data sizes (prefix, E2E)."""
+    ensure_data(TASKS["e2e"], a.data_dir, [a.train_split, a.test_split])
+    inits = {"random": [], **{word: ["--prefix-init", word] for word in a.words}}
+    rows, means = [], {name: [] for name in inits}
+    for n in a.sizes:
+        for name, flags in inits.items():
+            steps = ["--lr", "5e-5", "--warmup-steps", "100", "--max-steps", str(LOWDATA_STEPS["prefix"].get(n, 400)),
+                     "--train-limit", str(n), *flags]
+            runs = [one_run(f"init-{name.strip(':')}-{n}-seed{seed}", "prefix", [*steps, "--seed", str(seed)], [], a)
+                    for seed in a.seeds]
+            rows += [dict(r, init=name, size=n) for r in runs]
+            means[name].append(statistics.mean(r["BLEU"] for r in runs))
+    write_results("init", rows, table(rows, "E2E prefix initialization (§7.4)", ("init", "size")), a)
+    plot(a.results / "init.png", a.sizes, means, "training examples", "E2E: prefix initialization")
+
+
+def paper_rows(task: Task, paper: dict) -> str:
+    names = [column for _, _, column in columns(task)]
+    text = f"\n## The paper ({PAPER_NOTE[task.name]})\n\n| method | " + " | ".join(names) + " |\n"
+    text += "|---" * (len(names) + 1) + "|\n"
+    return text + "".join(f"| {m} | " + " | ".join(f"{v:g}" for v in vals) + " |\n" for m, vals in paper.items())
+
+
 def webnlg_slice(data_dir: Path, dst: Path, n: int) -> Path:
     """The first n seen and the first n unseen entries of WebNLG's test XML (the file lists all seen ones first)."""
     from datafiles import WEBNLG_TEST, WEBNLG_UNSEEN
@@ -211,17 +264,19 @@ def webnlg_slice(data_dir: Path, dst: Path, n: int) -> Path:
 
 # --- command line ------------------------------------------------------------------------------------------
 
-EXPERIMENTS = {"paper": (paper, "gpt2-medium"), "lowdata": (lowdata, "gpt2-medium"),
-               "prefix-length": (prefix_length, "gpt2-medium"), "smoke": (smoke, "random:tiny")}
+EXPERIMENTS = {"paper": (paper, "gpt2-medium"), "table1": (table1, "gpt2-medium"), "lowdata": (lowdata, "gpt2-medium"),
+               "prefix-length": (prefix_length, "gpt2-medium"), "ablations": (ablations, "gpt2-medium"),
+               "init": (init, "gpt2-medium"), "smoke": (smoke, "random:tiny")}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="experiment", required=True)
     for name, (_, model) in EXPERIMENTS.items():
-        s = sub.add_parser(name, help=EXPERIMENTS[name][0].__doc__ and EXPERIMENTS[name][0].__doc__.split("\n")[0],
+        doc = (EXPERIMENTS[name][0].__doc__ or "").split("\n")[0]
+        s = sub.add_parser(name, help=doc.replace("%", "%%"), description=doc,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        s.add_argument("--task", default="e2e", choices=list(TASKS) if name in ("paper", "smoke") else ["e2e"],
+        s.add_argument("--task", default="e2e", choices=list(TASKS) if name in ("paper", "table1", "smoke") else ["e2e"],
                        help="the dataset (its recipe's settings, metrics and the paper's figures)")
         s.add_argument("--model", default=model, help="base: hub name, folder or random:tiny|gpt2|gpt2-medium")
         s.add_argument("--data-dir", help="the dataset's folder (default: data/TASK, downloaded when missing; "
@@ -233,8 +288,15 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--limit", type=int, default=20 if name == "smoke" else 0,
                        help="decode and score only the first N test entries (0: all); smoke on WebNLG: N seen + N unseen")
         s.add_argument("--force", action="store_true", help="redo every step, even finished ones")
-    sub.choices["lowdata"].add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500],
-                                        help="training set sizes (ACL Table 8)")
+        if name != "smoke":
+            s.add_argument("--max-steps", type=int, default=0, help="cap every run at N steps: a CPU smoke of the "
+                                                                     "experiment (with --model random:tiny --limit N)")
+    for name in ("lowdata", "init"):
+        sub.choices[name].add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500],
+                                       help="training set sizes (ACL Table 8)")
+    sub.choices["init"].add_argument("--words", nargs="+", default=INIT_WORDS, help="real words to start from (§7.4)")
+    sub.choices["ablations"].add_argument("--lengths", type=int, nargs="+", default=[1, 10, 20],
+                                          help="prefix lengths P (the paper's EMB-P and INFIX-P)")
     sub.choices["lowdata"].add_argument("--subsets", type=int, default=5, help="random subsets per size")
     sub.choices["prefix-length"].add_argument("--lengths", type=int, nargs="+", default=[1, 5, 10, 20, 40],
                                               help="prefix lengths P to train (Fig. 4)")
@@ -242,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["smoke"].add_argument("--lr", type=float, default=3e-3, help="a random tiny model needs far more than "
                                       "the paper's 8e-5 / 5e-5 to learn anything in minutes")
     a = p.parse_args(argv)
+    a.max_steps = getattr(a, "max_steps", 0)  # smoke has --steps of its own
     smoke_run = a.experiment == "smoke"
     a.data_dir = a.data_dir or (f"../shared/data/{a.task}" if smoke_run else TASKS[a.task].data_dir)
     a.train_split = a.train_split or ("dev" if smoke_run and a.task == "e2e" else "train")

@@ -50,6 +50,15 @@ TASKS = {
                  flags={"prefix": [*DART_FLAGS, "--prefix-len", "10"], "fine": DART_FLAGS},
                  paper={"prefix": (46.4, 0.39, 0.46), "fine": (46.2, 0.39, 0.46)}),
 }
+# Table 1's methods: (tuner, train.py flags). The adapter sizes give ≈3% and ≈0.1% of gpt2-medium's parameters.
+METHODS = {"fine": ("fine", []), "fine-top2": ("fine-top2", []), "adapter-3%": ("adapter", ["--adapter-size", "215"]),
+           "adapter-0.1%": ("adapter", ["--adapter-size", "6"]), "prefix": ("prefix", [])}
+# RECIPE.md §5 (both paper versions): E2E rows for the other methods, and the ablations' BLEU (E2E, Medium).
+E2E_TABLE1 = {"fine-top2": (68.1, 8.59, 46.0, 70.8, 2.41), "adapter-3%": (68.9, 8.71, 46.1, 71.3, 2.47),
+              "adapter-0.1%": (66.3, 8.41, 45.0, 69.8, 2.40)}
+WEBNLG_TABLE1 = {"adapter-3%": (60.4, 48.3, 54.9, .43, .38, .41, .35, .45, .39)}  # recalled, RECIPE-DATA2TEXT §5
+ABLATION_BLEU = {"embedding": {1: 48.1, 10: 62.2, 20: 61.9}, "infix": {1: 67.9, 10: 67.2, 20: 66.7}}
+INIT_WORDS = ["active", "elephant", "summarize", "table-to-text:", "banana", "beautiful", "divide", "keep"]
 PAPER_NOTE = {"e2e": "ACL version (RECIPE.md §5; arXiv v1: prefix 69.7, fine 68.2 BLEU)",
               "webnlg": "recalled in RECIPE-DATA2TEXT §5, not checked against the PDF",
               "dart": "recalled in RECIPE-DATA2TEXT §5, on an older test file (not exactly comparable)"}
