@@ -28,6 +28,7 @@ from runfolder import RunFolderError, atomic_write
 from cli import arg, parse, pick_device
 from model import GPT, PastKV
 from report import progress
+from sample import SampleConfig, sample
 from search import BeamConfig, BeamError, Hyp, beam_search, check_lengths  # noqa: F401  (beam.beam_search is public)
 from tuner import open_run
 
@@ -70,6 +71,13 @@ class DecodeConfig:
     no_repeat_ngram_size: int = arg(BeamConfig.no_repeat_ngram_size, "no n-gram occurs twice; 0 = off", min=0)
     ban: list[int] | None = arg(None, "token ids never generated (default: 198 628 with --data-dir, RECIPE.md §4; "
                                       "none with --prompts)", type=int, nargs="*")
+    sample: bool = arg(False, "sample instead of beam search, as transformers' generate(do_sample=True) (sample.py); "
+                              "score: sum log p of the sampled tokens under the filtered distribution")
+    temperature: float = arg(SampleConfig.temperature, "with --sample: logits / T", min=0, strict=True)
+    top_k: int = arg(SampleConfig.top_k, "with --sample: keep the K most likely tokens; 0 = all", min=0)
+    top_p: float = arg(SampleConfig.top_p, "with --sample: keep the most likely tokens holding mass P; 1 = all", min=0)
+    seed: int = arg(SampleConfig.seed, "with --sample: same seed, prompts and --batch-size, same samples", min=0)
+    num_return: int = arg(SampleConfig.num_return, "with --sample: samples per prompt, one row each", min=1)
     batch_size: int = arg(10, "prompts per forward, each with K beams", min=1)
     device: str = arg("cpu", "cpu, cuda, cuda:1, ...")
     dtype: str = arg("float32", "model weights", choices=("float32", "bfloat16"))
@@ -191,7 +199,17 @@ def decode(cfg: DecodeConfig) -> None:
                         no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=tuple(banned))
     P = 0 if past is None else past[0][0].size(2)
     check_lengths(prompts, P, search, model.config.n_positions)  # fail before hours of decoding, not after
-    hyps = run_search(model, prompts, search, past, cfg.batch_size)
+    sampling = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                            num_return=cfg.num_return, max_new_tokens=cfg.max_new_tokens,
+                            min_new_tokens=cfg.min_new_tokens, banned=tuple(banned)) if cfg.sample else None
+    if sampling and (cfg.no_repeat_ngram_size or (cfg.num_return > 1 and cfg.data_dir)):
+        raise BeamError("--sample runs without --no-repeat-ngram-size, and with --data-dir only with --num-return 1 "
+                        "(its .txt has one output per source).")
+    if sampling:  # prompt i's N samples are rows i·N..i·N+N-1
+        hyps = sample(model, prompts, sampling, past, batch_size=cfg.batch_size)
+        sources = [s for s in sources for _ in range(cfg.num_return)]
+    else:
+        hyps = run_search(model, prompts, search, past, cfg.batch_size)
     junk = [i for i, h in enumerate(hyps, 1) if not math.isfinite(h.score)]  # NaN logits: overflowed prefix/weights
     if junk:
         raise BeamError(f"prompts {junk[:5]}: NaN/Inf log-probabilities (the prefix or the weights overflow the "
@@ -202,13 +220,14 @@ def decode(cfg: DecodeConfig) -> None:
         return
     # Traceability: every row says what made it (the run, the prefixes mixed, the base, the decoding settings).
     made_by = dict(ckpt=str(cfg.ckpt), prefixes=cfg.prefix or [], base_fingerprint=fingerprint(model),
-                   search={k: v for k, v in asdict(search).items()})
-    rows = {s: dict(prompt=s, text=x, tokens=h.tokens, score=h.score, made_by=made_by)
-            for s, x, h in zip(sources, texts, hyps)}
-    order = [e.source for e in entries] if entries is not None else sources
-    write_lines(out, [json.dumps(rows[s], ensure_ascii=False) for s in order])
+                   search={k: v for k, v in asdict(sampling or search).items()})
+    rows = [dict(prompt=s, text=x, tokens=h.tokens, score=h.score, made_by=made_by) for s, x, h in
+            zip(sources, texts, hyps)]
+    of_source = {r["prompt"]: r for r in rows}
+    write_lines(out, [json.dumps(r, ensure_ascii=False)
+                      for r in ([of_source[e.source] for e in entries] if entries is not None else rows)])
     if entries is not None:
-        write_outputs(out, entries, {s: r["text"] for s, r in rows.items()})
+        write_outputs(out, entries, {s: r["text"] for s, r in of_source.items()})
 
 
 def write_outputs(out: Path, entries: list[data.Entry], text_of: dict[str, str]) -> None:
