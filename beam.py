@@ -8,18 +8,22 @@ examples:
     python beam.py --ckpt out/ --data-dir ../shared/data/e2e --split test --out out/test.jsonl
     python beam.py --ckpt gpt2 --prompts prompts.txt --max-new-tokens 40 --out gen.jsonl
     python beam.py --ckpt base/ --prefix pos.safetensors:0.7 --prefix neg.safetensors:0.3 --prompts p.txt
+    python beam.py --ckpt base/ --requests reqs.jsonl --out out.jsonl    # many tasks (prefixes), one stream
+    torchrun --nproc-per-node 4 beam.py --ckpt out/ --data-dir ../shared/data/e2e --out out/test.jsonl --device cuda
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
-from dataclasses import MISSING, asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, replace
 from pathlib import Path
 
 import tiktoken
 import torch
+import torch.distributed as dist
 
 import data
 import prefix
@@ -29,7 +33,7 @@ from cli import arg, parse, pick_device
 from model import GPT, PastKV
 from report import progress
 from sample import SampleConfig, sample
-from search import BeamConfig, BeamError, Hyp, beam_search, check_lengths  # noqa: F401  (beam.beam_search is public)
+from search import BeamConfig, BeamError, Hyp, beam_search, check_lengths, stream  # noqa: F401  (beam_search: public)
 from tuner import open_run
 
 E2E_BANNED = (198, 628)  # "\n" and "\n\n": an E2E output is one line (RECIPE.md §4)
@@ -60,6 +64,8 @@ class DecodeConfig:
     data_dir: str = arg("", "a dataset folder (as train.py's): prompts are its unique sources, the recipe's "
                             "encoding and decoding settings")
     split: str = arg("test", "with --data-dir: a split name (train, dev, test), a file in it, or a path")
+    requests: str = arg("", "JSONL, one {\"prefix\": FILE or a label of --ckpt, \"source\": TEXT} a line: many tasks "
+                            "on one base, decoded in one stream (sources in the recipe's template)")
     out: str = arg("", "JSONL, one object per prompt (default: print one line per prompt); with --data-dir also "
                        "OUT's .txt (one line per source, for python -m eval) and .refs.txt beside it")
     beams: int = arg(BeamConfig.beams, "K; 1 is greedy", min=1)
@@ -78,7 +84,8 @@ class DecodeConfig:
     top_p: float = arg(SampleConfig.top_p, "with --sample: keep the most likely tokens holding mass P; 1 = all", min=0)
     seed: int = arg(SampleConfig.seed, "with --sample: same seed, prompts and --batch-size, same samples", min=0)
     num_return: int = arg(SampleConfig.num_return, "with --sample: samples per prompt, one row each", min=1)
-    batch_size: int = arg(10, "prompts per forward, each with K beams", min=1)
+    batch_size: int = arg(10, "prompts decoded at once, each with K beams; a finished one's rows go to the next",
+                          min=1)
     device: str = arg("cpu", "cpu, cuda, cuda:1, ...")
     dtype: str = arg("float32", "model weights", choices=("float32", "bfloat16"))
     limit: int = arg(0, "only the first N prompts (sources), for smoke runs; 0: all", min=0)
@@ -101,7 +108,7 @@ def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encodi
     if specs:
         weighted = [(prefix.load(path, model, cfg.allow_other_base), w) for path, w in map(parse_prefix, specs)]
         past = prefix.mix(weighted)  # one prefix of weight 1 mixes to itself
-    elif labels:
+    elif labels and not cfg.requests:
         raise BeamError(f"{cfg.ckpt} trained one prefix per label: pass --label (one of {labels}), or mix them with "
                         f"--prefix {Path(cfg.ckpt) / labels[0]}.safetensors:0.5 --prefix ...:0.5.")
     return model, past, tok, run
@@ -122,6 +129,24 @@ def read_prompts(path: str) -> list[str]:
     return lines
 
 
+def read_requests(path: str) -> list[tuple[str, str]]:
+    """--requests: one {"prefix": ..., "source": ...} a line -> (prefix, source) per request."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BeamError(f"{path}: cannot read it ({e}). Give a UTF-8 JSONL file.") from None
+    requests = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            requests.append((str(row["prefix"]), str(row["source"])))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BeamError(f"{path}, line {number}: {e!r}; expected {{\"prefix\": FILE, \"source\": TEXT}}.") from None
+    if not requests:
+        raise BeamError(f"{path}: empty. Write one request a line.")
+    return requests
+
+
 def write_lines(path: Path, lines: list[str]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
 
@@ -133,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"beam.py: error: {e}")
     except OSError as e:  # a full disk or an unwritable --out: one line, not a traceback
         sys.exit(f"beam.py: error: could not write {e.filename or 'the output'} ({e.strerror or e}).")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def check_out(out: str, with_side_files: bool) -> Path | None:
@@ -163,27 +191,45 @@ def sources_of(cfg: DecodeConfig, run: dict | None) -> tuple[list[str], list[dat
     return read_prompts(cfg.prompts)[:cfg.limit or None], None, templated
 
 
-def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: PastKV | None,
-               batch_size: int) -> list[Hyp]:
-    """Every prompt's best hypothesis, in input order. Similar lengths share a batch (less padding); a prompt
-    decodes the same in any batch, so the order is free."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    hyps: list[Hyp | None] = [None] * len(prompts)
-    for batch in progress(batches, len(batches), "batch"):
-        for i, hyp in zip(batch, beam_search(model, [prompts[i] for i in batch], search, past)):
-            hyps[i] = hyp
-    return hyps
+def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: PastKV | None, batch_size: int,
+               past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None) -> list[Hyp] | None:
+    """Every prompt's best hypothesis, in input order, decoded as one stream (search.stream). Under torchrun each
+    process streams every world-th prompt and rank 0 gathers them all (the other ranks get None)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    mine = list(range(rank, len(prompts), world))
+    rows = None if past_rows is None else [past_rows[i] for i in mine]
+    found = {}
+    if mine:
+        hyps = stream(model, [prompts[i] for i in mine], search, past, past_mask, rows, batch_size)
+        found = {mine[i]: hyp for i, hyp in progress(hyps, len(mine), "prompt")}
+    if world > 1:
+        parts = [{} for _ in range(world)] if rank == 0 else None
+        dist.gather_object(found, parts, dst=0)
+        found = {i: hyp for part in parts or [] for i, hyp in part.items()}
+    return [found[i] for i in range(len(prompts))] if rank == 0 else None
 
 
 def decode(cfg: DecodeConfig) -> None:
-    given = bool(cfg.prompts) + bool(cfg.data_dir)
+    given = bool(cfg.prompts) + bool(cfg.data_dir) + bool(cfg.requests)
     if given > 1 or (given == 0 and not (cfg.label or cfg.prefix)):
-        raise BeamError("give one of --prompts FILE and --data-dir DIR (or --label / --prefix to generate from no "
-                        "source).")
+        raise BeamError("give one of --prompts FILE, --data-dir DIR and --requests FILE (or --label / --prefix to "
+                        "generate from no source).")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one stream per process, on its own GPU if any
+        if cfg.device.startswith("cuda"):
+            cfg = replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
     out = check_out(cfg.out, bool(cfg.data_dir))
     model, past, tok, run = load_decoder(cfg)
-    sources, entries, templated = sources_of(cfg, run)
+    past_mask = names = past_rows = None
+    if cfg.requests:  # each request's prefix is one row of a stack of the distinct ones
+        names, sources = map(list, zip(*read_requests(cfg.requests)))
+        labels, distinct = (run or {}).get("labels") or [], list(dict.fromkeys(names))
+        paths = [str(Path(cfg.ckpt) / f"{n}.safetensors") if n in labels else n for n in distinct]
+        past, past_mask = prefix.stack([prefix.load(p, model, cfg.allow_other_base) for p in paths])
+        past_rows, entries, templated = [distinct.index(n) for n in names], None, not cfg.raw
+    else:
+        sources, entries, templated = sources_of(cfg, run)
     prompts = [data.prompt_ids(tok, s) if templated else tok.encode(s, allowed_special="all") for s in sources]
     es = {"false": False, "true": True, "never": "never"}[cfg.early_stopping]
     banned = cfg.ban if cfg.ban is not None else E2E_BANNED if templated else ()
@@ -209,7 +255,9 @@ def decode(cfg: DecodeConfig) -> None:
         hyps = sample(model, prompts, sampling, past, batch_size=cfg.batch_size)
         sources = [s for s in sources for _ in range(cfg.num_return)]
     else:
-        hyps = run_search(model, prompts, search, past, cfg.batch_size)
+        hyps = run_search(model, prompts, search, past, cfg.batch_size, past_mask, past_rows)
+    if hyps is None:  # a torchrun rank other than 0: rank 0 writes
+        return
     junk = [i for i, h in enumerate(hyps, 1) if not math.isfinite(h.score)]  # NaN logits: overflowed prefix/weights
     if junk:
         raise BeamError(f"prompts {junk[:5]}: NaN/Inf log-probabilities (the prefix or the weights overflow the "
@@ -223,6 +271,8 @@ def decode(cfg: DecodeConfig) -> None:
                    search={k: v for k, v in asdict(sampling or search).items()})
     rows = [dict(prompt=s, text=x, tokens=h.tokens, score=h.score, made_by=made_by) for s, x, h in
             zip(sources, texts, hyps)]
+    for row, name in zip(rows, names or []):
+        row["prefix"] = name
     of_source = {r["prompt"]: r for r in rows}
     write_lines(out, [json.dumps(r, ensure_ascii=False)
                       for r in ([of_source[e.source] for e in entries] if entries is not None else rows)])

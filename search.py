@@ -1,15 +1,19 @@
 """Beam search over a frozen GPT-2 with a past (Li & Liang 2021, "Experimental Setup": E2E is decoded by beam, K=5).
 
-Many prompts × K beams run in one forward per step. Each prompt is read once; its KV cache is fanned out to
-K beams at the first step, grows one token a step and is reordered by indexing rows (`beam_idx`), never
-recomputed. A prefix is a past that every row and beam attends to. The rules are transformers'
-`generate(num_beams=K)`: 2K candidates a step, K finished hypotheses scored
-sum(log p) / generated_length ** length_penalty, and its stopping rule for early_stopping False, True, "never".
-beam.py is the command around it.
-    hyps = beam_search(model, [prompt_ids, ...], BeamConfig(beams=5), past_kv)   # best hypothesis per prompt
+A test set is decoded as one stream (continuous batching): up to batch_size prompts × K beams run in one forward
+per step, and when a prompt finishes, its K rows are handed to the next prompt waiting, so the batch stays full
+to the end instead of idling until its slowest prompt is done. Each prompt is read once (one row, not K); its
+KV cache then grows one token a step in a preallocated buffer and beams are reordered by copying rows
+(`beam_idx`), never recomputed. A prefix is a past each row attends to, one per prompt if need be (many tasks,
+one backbone). The rules are transformers' `generate(num_beams=K)` on each prompt alone: 2K candidates a step,
+K finished hypotheses scored sum(log p) / generated_length ** length_penalty, and its stopping rule for
+early_stopping False, True, "never". beam.py is the command around it.
+    hyps = beam_search(model, [prompt_ids, ...], BeamConfig(beams=5), past_kv, batch_size=10)  # in input order
 """
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -48,7 +52,7 @@ class Hyp(NamedTuple):
     score: float       # sum of log-probs / len(generated, EOS included) ** length_penalty
 
 
-# --- the search -----------------------------------------------------------------------------------------
+# --- one step of the search ---------------------------------------------------------------------------------
 
 def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged prompts -> idx (B, T) left-padded with -1 (it matches no n-gram) and attention_mask (B, T).
@@ -58,12 +62,11 @@ def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, (idx >= 0).long()
 
 
-def block(logp: torch.Tensor, hist: torch.Tensor, t: int, cfg: BeamConfig) -> torch.Tensor:
+def block(logp: torch.Tensor, hist: torch.Tensor, made: torch.Tensor, cfg: BeamConfig) -> torch.Tensor:
     """Set forbidden next tokens of logp (N, V) to -inf, after log_softmax as transformers' processors do.
-    hist (N, L): prompt + the t tokens generated so far, -1 on padding."""
+    hist (N, L): each row's prompt + output so far, -1 before it; made (N,): tokens each row has generated."""
     logp[:, list(cfg.banned)] = float("-inf")
-    if t < cfg.min_new_tokens:
-        logp[:, cfg.eos] = float("-inf")
+    logp[made < cfg.min_new_tokens, cfg.eos] = float("-inf")
     n = cfg.no_repeat_ngram_size
     if n and hist.size(1) >= n:
         windows = hist.unfold(1, n, 1)                                        # (N, L-n+1, n)
@@ -76,7 +79,7 @@ def block(logp: torch.Tensor, hist: torch.Tensor, t: int, cfg: BeamConfig) -> to
 
 
 def beam_step(logp: torch.Tensor, beam_scores: torch.Tensor, K: int) -> tuple[torch.Tensor, ...]:
-    """logp (B, k, V) of each live beam's next token, beam_scores (B, k) -> the 2K best continuations per row:
+    """logp (B, K, V) of each beam's next token, beam_scores (B, K) -> the 2K best continuations per prompt:
     scores (B, 2K) best first, source beam (B, 2K), token (B, 2K). 2K, as transformers keeps: even if K of
     them end in EOS, K remain to continue."""
     B, k, V = logp.shape
@@ -109,61 +112,158 @@ def check_lengths(prompts: list[list[int]], P: int, cfg: BeamConfig, n_positions
                             f"not fit the context of {n_positions} positions. Shorten it or lower --max-new-tokens.")
 
 
+# --- the stream ---------------------------------------------------------------------------------------------
+
+class Rows:
+    """The batch's rows, allocated once: per layer keys and values (R, H, W, D), and the key mask (R, W) and
+    tokens (R, W, -1 where none) of the same columns. Slot s, one prompt, owns rows s·K..s·K+K-1.
+
+    Columns are time: every live row writes its next key and value at column `c`, model.forward(write_at=c).
+    A prompt that joins mid-stream is read (prefill) beside nothing else and its keys are placed right-aligned
+    before column c, whatever the other rows hold there: a decoding query attends to every real key, in any
+    order, and model.py takes the new token's position from the count of real keys before it (the mask), so
+    the row decodes as it would alone. In place, a step writes one column per row; model.py's torch.cat would
+    copy the whole past of every row, and transformers also reorders all of it (see `reorder`).
+    """
+
+    def __init__(self, model: GPT, R: int, W: int, c: int):
+        cf, w = model.config, model.lm_head.weight
+        self.kv = [tuple(torch.zeros(R, cf.n_head, W, cf.head_dim, dtype=w.dtype, device=w.device) for _ in "kv")
+                   for _ in range(cf.n_layer)]                                   # per layer (R, H, W, D)
+        self.mask = torch.zeros(R, W, dtype=torch.long, device=w.device)         # (R, W) 1 = real key
+        self.toks = torch.full((R, W), -1, device=w.device)                      # (R, W) for n-gram blocking
+        self.c = c                                                               # the next column written
+
+    def tensors(self) -> list[tuple[torch.Tensor, int]]:
+        """Every buffer with its column axis."""
+        return [(t, 2) for pair in self.kv for t in pair] + [(self.mask, 1), (self.toks, 1)]
+
+    def place(self, rows: slice, kv: PastKV, mask: torch.Tensor, idx: torch.Tensor, K: int) -> None:
+        """Prefilled prompts -> their K rows each: kv per layer (n, H, S, D), mask (n, S), idx (n, T) ending
+        at column c - 1."""
+        n, S = mask.shape
+        for (bk, bv), (k, v) in zip(self.kv, kv):
+            bk[rows].view(n, K, *bk.shape[1:])[:, :, :, self.c - S:self.c] = k[:, None]  # (n, K, H, S, D)
+            bv[rows].view(n, K, *bv.shape[1:])[:, :, :, self.c - S:self.c] = v[:, None]
+        self.mask[rows], self.toks[rows] = 0, -1  # the leaving prompt's columns are forgotten
+        self.mask[rows, self.c - S:self.c] = mask.repeat_interleave(K, 0)
+        self.toks[rows, self.c - idx.size(1):self.c] = idx.repeat_interleave(K, 0)
+
+    def reorder(self, beam_idx: torch.Tensor, lo: int) -> None:
+        """Row r takes the keys of row beam_idx[r] (n·K,). A prompt's K beams share its prefix and prompt keys
+        and its mask, so only the rows that changed beam are copied, and only the generated columns lo..c."""
+        moved = (beam_idx != torch.arange(beam_idx.numel(), device=beam_idx.device)).nonzero()[:, 0]  # (m,)
+        for t, axis in [(t, 2) for pair in self.kv for t in pair] + [(self.toks, 1)]:
+            gen = t.narrow(axis, lo, self.c - lo)                                # (R, H, c-lo, D) or (R, c-lo), a view
+            gen.index_copy_(0, moved, gen.index_select(0, beam_idx[moved]))
+
+    def move(self, src: slice, dst: slice) -> None:
+        """A slot's rows to another slot (the last slot fills a finished one's gap, keeping live rows first)."""
+        for t, axis in self.tensors():
+            t.narrow(axis, 0, self.c + 1)[dst] = t.narrow(axis, 0, self.c + 1)[src]
+
+    def compact(self, rows: int, keep: int) -> int:
+        """Shift the first `rows` rows left past the columns none of them reads any more, leaving c >= keep (room
+        for a joining prompt's keys). Returns the shift, by which the slots' start columns move."""
+        used = self.mask[:rows, :self.c].any(0).nonzero()                        # (u, 1) columns still read
+        d = min(int(used[0]) if used.numel() else self.c, self.c - keep)
+        for t, axis in self.tensors():
+            t[:rows].narrow(axis, 0, self.c - d).copy_(t[:rows].narrow(axis, d, self.c - d).clone())
+        self.c -= d
+        return d
+
+
+def prefill(model: GPT, prompts: list[list[int]], past_kv: PastKV | None, past_mask: torch.Tensor | None,
+            at: list[int]) -> tuple[PastKV, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read prompts joining the stream, each after its prefix (row at[i] of past_kv (U, H, P, D), past_mask (U, P))
+    -> their keys/values per layer (n, H, S, D), key mask (n, S), idx (n, T) left-padded, logits (n, V)."""
+    dev = model.lm_head.weight.device
+    idx, mask = (t.to(dev) for t in left_pad(prompts))                      # (n, T)
+    past = None
+    if past_kv is not None:  # the prefix is real keys before the prompt
+        rows = torch.tensor(at, device=dev)
+        past = [(k[rows], v[rows]) for k, v in past_kv]                      # (n, H, P, D)
+        mask = torch.cat([past_mask[rows], mask], 1)                         # (n, S), S = P + T
+    out = model(idx.clamp(min=0), past_kv=past, attention_mask=mask, use_cache=True, last_only=True)
+    return out.present_kv, mask, idx, out.logits[:, -1]
+
+
 @torch.no_grad()
-def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
-                past_mask: torch.Tensor | None = None) -> list[Hyp]:
-    """The best hypothesis per prompt. past_kv: per layer (1 or B, H, P, D), the prefix; past_mask (1 or B, P):
-    its real slots (prefix.stack left-pads per-row prefixes), all real if None."""
-    dev, B, K = model.lm_head.weight.device, len(prompts), cfg.beams
+def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
+           past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None,
+           batch_size: int | None = None) -> Iterator[tuple[int, Hyp]]:
+    """Yield (i, best hypothesis of prompt i) as prompts finish. past_kv: per layer (U, H, P, D), the prefixes;
+    past_mask (U, P): their real slots (prefix.stack left-pads), all real if None; past_rows: each prompt's row
+    of them (default: row 0 when U is 1, else row i); batch_size: prompts decoded at once (default: all)."""
+    dev, N, K = model.lm_head.weight.device, len(prompts), cfg.beams
     P = 0 if past_kv is None else past_kv[0][0].size(2)
     check_lengths(prompts, P, cfg, model.config.n_positions)
-    hist, mask = (t.to(dev) for t in left_pad(prompts))                      # (B, T)
-    T = hist.size(1)
-    if past_kv is not None:  # the prefix is real keys before every prompt: extend the mask by P
-        past_mask = torch.ones(1, P, dtype=torch.long) if past_mask is None else past_mask.long()
-        mask = torch.cat([past_mask.to(dev).expand(B, P), mask], 1)          # (B, P+T)
-    out = model(hist.clamp(min=0), past_kv=past_kv, attention_mask=mask, use_cache=True, last_only=True)
-    cache, logits = out.present_kv, out.logits[:, -1]                        # (B, H, S, D), (B, V)
-    beam_scores = torch.zeros(B, 1, device=dev)   # (B, k): one beam per prompt until the first step fans out
-    rows = list(range(B))                         # the prompt of each live row
-    pools: list[list[Hyp]] = [[] for _ in range(B)]
-    for t in range(cfg.max_new_tokens):
-        b, k = beam_scores.shape
-        logp = block(F.log_softmax(logits.float(), -1), hist, t, cfg)         # (b·k, V)
-        scores, src, tok = beam_step(logp.view(b, k, -1), beam_scores, K)    # (b, 2K) each
-        last = t + 1 == cfg.max_new_tokens
-        ends = (tok == cfg.eos) | last                                       # (b, 2K)
+    U = 1 if past_kv is None else past_kv[0][0].size(0)
+    past_rows = past_rows or [0 if U == 1 else i for i in range(N)]
+    if past_kv is not None:
+        past_mask = (torch.ones(1, P) if past_mask is None else past_mask).long().to(dev).expand(U, P)  # (U, P)
+    width, nb = P + max(map(len, prompts)), min(batch_size or N, N)  # width: the most columns a prompt reads
+    # A live row spans at most width + max_new_tokens columns; 64 more let `compact` (a copy of the live
+    # columns) run at most once in 64 steps.
+    rows = Rows(model, nb * K, width + cfg.max_new_tokens + 64, c=width)
+    waiting, slots, start = deque(range(N)), [], []  # prompts not begun; per slot its prompt, first output column
+    pools: list[list[Hyp]] = [[] for _ in range(N)]
+    beam_scores = torch.zeros(0, K, device=dev)                              # (n, K)
+    logits = torch.zeros(0, model.config.vocab_size, device=dev)             # (n·K, V) each row's next token
+    while waiting or slots:
+        if waiting and len(slots) < nb:  # prompts join the free slots, read in one forward of their own
+            new = [waiting.popleft() for _ in range(min(nb - len(slots), len(waiting)))]
+            kv, mask, idx, first_logits = prefill(model, [prompts[i] for i in new], past_kv, past_mask,
+                                                  [past_rows[i] for i in new])
+            rows.place(slice(len(slots) * K, (len(slots) + len(new)) * K), kv, mask, idx, K)
+            # A prompt enters as K beams with the same keys; beams 1..K-1 start at -1e9, as transformers starts
+            # them, so the first step's 2K candidates all come from beam 0: the prompt alone, fanned out.
+            first = torch.tensor([0.0] + [-1e9] * (K - 1), device=dev).expand(len(new), K)  # (n', K)
+            beam_scores, slots, start = torch.cat([beam_scores, first]), slots + new, start + [rows.c] * len(new)
+            logits = torch.cat([logits, first_logits.repeat_interleave(K, 0)])  # (n·K, V)
+        n, c = len(slots), rows.c
+        made = torch.tensor([c - s for s in start], device=dev)                # (n,) tokens each prompt has made
+        logp = block(F.log_softmax(logits.float(), -1), rows.toks[:n * K, :c], made.repeat_interleave(K), cfg)
+        scores, src, tok = beam_step(logp.view(n, K, -1), beam_scores, K)    # (n, 2K) each
+        last = (made + 1 == cfg.max_new_tokens)[:, None]                     # (n, 1)
+        ends = (tok == cfg.eos) | last                                       # (n, 2K)
         # Only the top K candidates may finish (the other K are spares to go on with); a finished
         # hypothesis is scored on its generated length, EOS included.
-        final = (scores / (t + 1) ** cfg.length_penalty).tolist()
+        final = (scores / (made[:, None] + 1) ** cfg.length_penalty).tolist()
         for i, j in ends[:, :K].nonzero().tolist():
-            s, e = src[i, j].item(), tok[i, j].item()
-            gen = hist[i * k + s, T:].tolist() + ([] if e == cfg.eos else [e])
-            pools[rows[i]] = keep_best(pools[rows[i]], [Hyp(gen, final[i][j])], K)
-        keep = (scores - 1e9 * ends.float()).topk(K).indices                 # (b, K) the best K going on
+            e, row = tok[i, j].item(), i * K + src[i, j].item()
+            gen = rows.toks[row, start[i]:c].tolist() + ([] if e == cfg.eos else [e])
+            pools[slots[i]] = keep_best(pools[slots[i]], [Hyp(gen, final[i][j])], K)
+        keep = (scores - 1e9 * ends.float()).topk(K).indices                 # (n, K) the best K going on
         beam_scores, src, tok = scores.gather(1, keep), src.gather(1, keep), tok.gather(1, keep)
-        es, lp = cfg.early_stopping, cfg.length_penalty
-        length = cfg.max_new_tokens if es == "never" and lp > 0 else t + 1
-        bound = (beam_scores[:, 0] / length ** lp).tolist()
-        live = [not last and not is_done(pools[r], bound[i], cfg) for i, r in enumerate(rows)]
-        if not any(live):
-            break
-        # Finished prompts leave the batch; their pools can no longer change (transformers freezes them).
-        alive = torch.tensor(live, device=dev)
-        beam_idx = (torch.arange(b, device=dev)[:, None] * k + src)[alive].flatten()  # (b'·K,) cache rows
-        rows = [r for r, keep_row in zip(rows, live) if keep_row]
-        beam_scores, tok = beam_scores[alive], tok[alive].view(-1, 1)         # (b', K), (b'·K, 1)
-        hist = torch.cat([hist[beam_idx], tok], 1)                            # (b'·K, T+t+1)
-        mask = torch.cat([mask[beam_idx], torch.ones_like(tok)], 1)           # (b'·K, S+1)
-        if k == K and all(live):
-            # The K beams of a prompt hold the same prefix + prompt keys, so only the generated slots of the
-            # beams that changed need moving, in place (transformers copies every slot of every beam).
-            moved = (beam_idx != torch.arange(b * K, device=dev)).nonzero()[:, 0]  # (m,)
-            for c in (c for pair in cache for c in pair):                     # (b·K, H, S, D)
-                gen = c[:, :, P + T:]                                         # (b·K, H, t+1, D) a view
-                gen.index_copy_(0, moved, gen.index_select(0, beam_idx[moved]))
-        else:  # the first step fans each prompt out to K beams; finished prompts leave
-            cache = [(pk[beam_idx], pv[beam_idx]) for pk, pv in cache]        # (b'·K, H, S, D)
-        out = model(tok, past_kv=cache, attention_mask=mask, use_cache=True, last_only=True)
-        cache, logits = out.present_kv, out.logits[:, -1]
-    return [pool[0] for pool in pools]
+        never, lp = cfg.early_stopping == "never" and cfg.length_penalty > 0, cfg.length_penalty
+        bound = (beam_scores[:, 0] / (cfg.max_new_tokens if never else made + 1) ** lp).tolist()
+        done = [stop or is_done(pools[p], b, cfg) for p, b, stop in zip(slots, bound, last.flatten().tolist())]
+        rows.reorder((torch.arange(n, device=dev)[:, None] * K + src).flatten(), lo=min(start))
+        rows.toks[:n * K, c], rows.mask[:n * K, c] = tok.flatten(), 1
+        # A finished prompt leaves (transformers freezes its pool too); the last slot moves into its rows, so
+        # the live rows stay first and the forward takes them as a view.
+        for i in reversed([i for i, d in enumerate(done) if d]):
+            yield slots[i], pools[slots[i]][0]
+            if i != len(slots) - 1:
+                rows.move(slice((len(slots) - 1) * K, len(slots) * K), slice(i * K, (i + 1) * K))
+                slots[i], start[i], beam_scores[i] = slots[-1], start[-1], beam_scores[-1]
+            slots, start, beam_scores = slots[:-1], start[:-1], beam_scores[:-1]
+        R = len(slots) * K
+        logits = logits[:0]
+        if R:
+            kv = [(k[:R], v[:R]) for k, v in rows.kv]                         # (R, H, W, D) views
+            logits = model(rows.toks[:R, c:c + 1], past_kv=kv, attention_mask=rows.mask[:R, :c + 1],
+                           last_only=True, write_at=c).logits[:, -1]          # (R, V)
+        rows.c += 1
+        if rows.c == rows.mask.size(1):
+            d = rows.compact(R, keep=width)
+            start = [s - d for s in start]
+
+
+def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
+                past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None,
+                batch_size: int | None = None) -> list[Hyp]:
+    """The best hypothesis per prompt, in input order (`stream`'s arguments)."""
+    best = dict(stream(model, prompts, cfg, past_kv, past_mask, past_rows, batch_size))
+    return [best[i] for i in range(len(prompts))]
