@@ -99,6 +99,10 @@ def parse_prefix(spec: str) -> tuple[str, float]:
 
 def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encoding, dict | None]:
     """The model and its past (the run's own, or the --prefix files mixed on its base), and the run's record."""
+    ckpt = Path(cfg.ckpt)
+    if ckpt.suffix == ".safetensors" and ckpt.is_file() and not (ckpt.parent / "config.json").is_file():
+        raise BeamError(f"--ckpt {ckpt} is a trained file, not a model: pass its run folder (--ckpt {ckpt.parent}), "
+                        f"or the base model with it as a prefix (--ckpt BASE --prefix {ckpt}).")
     device = pick_device(cfg.device, BeamError)
     model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), device, cfg.allow_other_base)
     labels = (run or {}).get("labels") or []
@@ -248,12 +252,13 @@ def decode(cfg: DecodeConfig) -> None:
     sampling = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                             num_return=cfg.num_return, max_new_tokens=cfg.max_new_tokens,
                             min_new_tokens=cfg.min_new_tokens, banned=tuple(banned)) if cfg.sample else None
-    if sampling and (cfg.no_repeat_ngram_size or (cfg.num_return > 1 and cfg.data_dir)):
-        raise BeamError("--sample runs without --no-repeat-ngram-size, and with --data-dir only with --num-return 1 "
-                        "(its .txt has one output per source).")
+    if sampling and (cfg.no_repeat_ngram_size or dist.is_initialized() or (cfg.num_return > 1 and cfg.data_dir)):
+        raise BeamError("--sample runs in one process (one RNG stream), without --no-repeat-ngram-size, and with "
+                        "--data-dir only with --num-return 1 (its .txt has one output per source).")
     if sampling:  # prompt i's N samples are rows i·N..i·N+N-1
-        hyps = sample(model, prompts, sampling, past, batch_size=cfg.batch_size)
+        hyps = sample(model, prompts, sampling, past, past_mask, past_rows, cfg.batch_size)
         sources = [s for s in sources for _ in range(cfg.num_return)]
+        names = names and [n for n in names for _ in range(cfg.num_return)]
     else:
         hyps = run_search(model, prompts, search, past, cfg.batch_size, past_mask, past_rows)
     if hyps is None:  # a torchrun rank other than 0: rank 0 writes
@@ -280,6 +285,12 @@ def decode(cfg: DecodeConfig) -> None:
         write_outputs(out, entries, {s: r["text"] for s, r in of_source.items()})
 
 
+def refs_of(entry: data.Entry) -> list[str]:
+    """An entry's references as lines: an empty one dropped (DART test Id116 has one; the official TER and METEOR
+    files drop it too, and it would read as the end of the entry), a line break inside one made a space."""
+    return [" ".join(ref.split("\n")) for ref in entry.refs if ref.strip()]
+
+
 def write_outputs(out: Path, entries: list[data.Entry], text_of: dict[str, str]) -> None:
     """What python -m eval scores: OUT.txt (one line per entry, in file order; DART repeats a shared source's
     output), OUT.refs.txt (an entry's references, a blank line after each); WebNLG also per seen/unseen group."""
@@ -287,7 +298,7 @@ def write_outputs(out: Path, entries: list[data.Entry], text_of: dict[str, str])
     for group, members in groups.items():
         name = f"{out.stem}.{group}" if group else out.stem  # test.txt, test.seen.txt, test.unseen.txt
         write_lines(out.with_name(name + ".txt"), [text_of[e.source] for e in members])
-        write_lines(out.with_name(name + ".refs.txt"), [line for e in members for line in [*e.refs, ""]])
+        write_lines(out.with_name(name + ".refs.txt"), [line for e in members for line in [*refs_of(e), ""]])
 
 
 if __name__ == "__main__":
