@@ -56,13 +56,13 @@ def peak_tflops(device: torch.device, given: float) -> float:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
 
 
-def progress(items: Iterable[T], total: int, unit: str) -> Iterator[T]:
+def progress(items: Iterable[T], total: int, unit: str, show: bool = True) -> Iterator[T]:
     """A tqdm bar with ETA on stderr when it is a terminal (and tqdm is installed); the items, unchanged, else."""
     try:
         from tqdm import tqdm
     except ImportError:
         return iter(items)
-    return iter(tqdm(items, total=total, unit=unit, disable=not sys.stderr.isatty(), file=sys.stderr))
+    return iter(tqdm(items, total=total, unit=unit, disable=not (show and sys.stderr.isatty()), file=sys.stderr))
 
 
 def line_plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> bool:

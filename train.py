@@ -32,7 +32,7 @@ from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, s
 from cli import arg, parse, pick_device
 from data import IGNORE, TEMPLATE, Batches, DataError, example, read_rows, subset, task_labels
 from model import GPT, SHAPES, GPTConfig, flops_per_token, named_shape
-from report import Meter, line_plot, peak_tflops
+from report import Meter, line_plot, peak_tflops, progress
 from resume import ResumeError, resume_from, save_step
 from runfolder import LOG_FILE, RunFolderError, claim, read_log, val_losses, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         start = resume_from(out / "resume", params, opt, run) if cfg.resume else 0
         if rank == 0:
             start_run_folder(out, cfg, run, model, base, start, say)
-        say(f"{cfg.tuner}-tuning: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of "
+        say(f"{cfg.tuner}-tuning{f' (P={P})' if P else ''}: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of "
             f"{counts['model']:,}), stores {counts['stored']:,} ({counts['stored_frac']:.3%})")
         say(f"{len(train_ex):,} training pairs ({len(rows) - len(train_ex)} longer than {fits} tokens left out), "
             f"{cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, lr {cfg.lr:g}"
@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
         meter = Meter(cfg.max_steps, start, world, flops, peak_tflops(device, cfg.peak_tflops))
         history = val_losses(out / LOG_FILE)  # a resumed run remembers its validations (the best, early stop)
         # The loop: accumulate, clip, step; log, validate, checkpoint; stop cleanly on a signal.
-        for step in range(start, cfg.max_steps):
+        for step in progress(range(start, cfg.max_steps), cfg.max_steps - start, "step", show=rank == 0):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences

@@ -79,3 +79,32 @@ def test_reproduce_reuses_finished_steps_and_force_redoes_them(tmp_path, capsys)
     assert "reusing the finished training run" in capsys.readouterr().out
     reproduce.main([*flags, "--force"])
     assert "reusing" not in capsys.readouterr().out
+
+
+def test_init_text_sets_p_recorded_and_said(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(small_run(tiny_ckpt, out, "--prefix-init", "table-to-text:", "--max-steps", "1", "--valid-split", ""))
+    assert json.loads((out / "args.json").read_text())["prefix_len"] == 6  # " table-to-text:" is 6 tokens
+    assert "prefix-tuning (P=6)" in capsys.readouterr().out
+
+
+def test_decoded_rows_say_what_made_them(tiny_ckpt, tmp_path):
+    """beam.py's JSONL traces each output to its run, prefixes, base and settings; --split takes a file path too."""
+    out = tmp_path / "run"
+    train.main(small_run(tiny_ckpt, out, "--max-steps", "1", "--valid-split", ""))
+    split = tmp_path / "data" / "mine.jsonl"
+    split.parent.mkdir()
+    split.write_text(json.dumps({"source": "name : Aromi", "target": "Aromi is a pub."}) + "\n")
+    beam.main(["--ckpt", str(out), "--data-dir", str(split.parent), "--split", str(split), "--beams", "1",
+               "--max-new-tokens", "2", "--out", str(tmp_path / "o.jsonl")])
+    row = json.loads((tmp_path / "o.jsonl").read_text())
+    made = row["made_by"]
+    assert made["ckpt"] == str(out) and made["base_fingerprint"] == json.loads((out / "args.json").read_text())[
+        "base_fingerprint"] and made["search"]["beams"] == 1
+    assert (tmp_path / "o.refs.txt").read_text() == "Aromi is a pub.\n\n"
+
+
+def test_a_split_needed_only_is_fetched(tmp_path):
+    """lowdata/prefix-length with --train-split dev need no trainset.csv: only missing splits are downloaded."""
+    from tasks import TASKS, ensure_data
+    ensure_data(TASKS["e2e"], E2E_DIR, ["dev", "test"])  # both here: nothing to download, nothing raised
