@@ -14,6 +14,7 @@ examples:
     python scripts/reproduce.py prefix-length               # §7.1 / Fig. 4: P in {1, 5, 10, 20, 40}
     python scripts/reproduce.py smoke                       # offline CPU check of the whole pipeline, minutes
     python scripts/reproduce.py smoke --task webnlg         # the same on WebNLG (trains on its train set)
+    python scripts/reproduce.py mini                        # small bases pretrained here, every tuner on E2E, CPU
 """
 from __future__ import annotations
 
@@ -184,16 +185,21 @@ def prefix_length(a: argparse.Namespace) -> None:
 
 
 def smoke(a: argparse.Namespace) -> None:
-    """Every step of `paper` on a random tiny GPT-2 (E2E: dev as train, no train set offline): a pipeline check.
-    WebNLG decodes a slice of both the seen and the unseen test entries, so S, U and A are all scored."""
+    """Every step of `paper` on a tiny GPT-2 (E2E: dev as train, no train set offline): a pipeline check. On E2E
+    the base is the smallest one `mini` pretrained, when cached, else random:tiny. WebNLG decodes a slice of both
+    the seen and the unseen test entries, so S, U and A are all scored."""
+    if a.model is None:
+        from mini import cached_base  # imported here: mini.py imports this file
+        a.model = (cached_base(a.work.parent / "mini") if a.task == "e2e" else None) or "random:tiny"
+        print(f"smoke: base {a.model} (--model picks another)")
     if a.task == "webnlg":
         a.test_split = str(webnlg_slice(a.data_dir, a.work / "test-slice.xml", a.limit))
         a.limit = 0
     train = ["--valid-split", a.valid_split, "--valid-limit", "50", "--max-steps", str(a.steps), "--lr", str(a.lr),
              "--log-every", "50", "--eval-every", "0"]
     rows = [one_run(f"smoke-{t}", t, train, ["--max-new-tokens", "40"], a) for t in ("prefix", "fine")]
-    title = (f"SMOKE RUN ONLY: random-weight {a.model}, {a.steps} steps at lr {a.lr:g} on {a.task}. Checks the "
-             f"pipeline; says nothing of quality")
+    title = (f"SMOKE RUN ONLY: {'random-weight ' * a.model.startswith('random:')}{a.model}, {a.steps} steps at lr "
+             f"{a.lr:g} on {a.task}. Checks the pipeline; says nothing of quality")
     write_results("smoke" if a.task == "e2e" else f"smoke-{a.task}", rows, table(rows, title, task=a.task), a)
 
 
@@ -262,11 +268,17 @@ def webnlg_slice(data_dir: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def mini(a: argparse.Namespace) -> None:
+    """Small bases pretrained here on text without E2E, then every tuner on E2E, on 2 CPU cores (scripts/mini.py)."""
+    from mini import mini as run_mini  # imported here: mini.py imports this file
+    run_mini(a)
+
+
 # --- command line ------------------------------------------------------------------------------------------
 
 EXPERIMENTS = {"paper": (paper, "gpt2-medium"), "table1": (table1, "gpt2-medium"), "lowdata": (lowdata, "gpt2-medium"),
                "prefix-length": (prefix_length, "gpt2-medium"), "ablations": (ablations, "gpt2-medium"),
-               "init": (init, "gpt2-medium"), "smoke": (smoke, "random:tiny")}
+               "init": (init, "gpt2-medium"), "smoke": (smoke, None), "mini": (mini, "random:tiny")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         s.add_argument("--task", default="e2e", choices=list(TASKS) if name in ("paper", "table1", "smoke") else ["e2e"],
                        help="the dataset (its recipe's settings, metrics and the paper's figures)")
-        s.add_argument("--model", default=model, help="base: hub name, folder or random:tiny|gpt2|gpt2-medium")
+        s.add_argument("--model", default=model, help="base: hub name, folder or random:tiny|gpt2|gpt2-medium"
+                       + ("; default: the base `mini` cached, else random:tiny" if model is None else ""))
         s.add_argument("--data-dir", help="the dataset's folder (default: data/TASK, downloaded when missing; "
                                           "smoke: ../shared/data/TASK)")
         s.add_argument("--work", default=f"runs/{name}", help="one folder per run: weights, logs, outputs, scores")
@@ -303,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["smoke"].add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     sub.choices["smoke"].add_argument("--lr", type=float, default=3e-3, help="a random tiny model needs far more than "
                                       "the paper's 8e-5 / 5e-5 to learn anything in minutes")
+    from mini import add_arguments  # imported here: mini.py imports this file
+    add_arguments(sub.choices["mini"])
     a = p.parse_args(argv)
     a.max_steps = getattr(a, "max_steps", 0)  # smoke has --steps of its own
     smoke_run = a.experiment == "smoke"
