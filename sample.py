@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from model import GPT, PastKV
-from search import BeamConfig, BeamError, Hyp, check_lengths, left_pad
+from search import BeamConfig, BeamError, Hyp, check_lengths, prefill
 
 
 @dataclass
@@ -55,21 +55,6 @@ def warp(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
         drop[:, -1] = False  # min_tokens_to_keep = 1: the most likely token always stays
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return logits
-
-
-def prefill(model: GPT, prompts: list[list[int]], past_kv: PastKV | None, past_mask: torch.Tensor | None,
-            past_rows: list[int]) -> tuple[PastKV, torch.Tensor, torch.Tensor]:
-    """Read the prompts, each after its prefix (row past_rows[i] of past_kv (U, H, P, D), past_mask (U, P))
-    -> keys/values per layer (B, H, S, D), key mask (B, S), next-token logits (B, V)."""
-    dev = model.lm_head.weight.device
-    idx, mask = (t.to(dev) for t in left_pad(prompts))                       # (B, T)
-    past = None
-    if past_kv is not None:  # the prefix is real keys before the prompt
-        rows = torch.tensor(past_rows, device=dev)
-        past = [(k[rows], v[rows]) for k, v in past_kv]                       # (B, H, P, D)
-        mask = torch.cat([past_mask[rows], mask], 1)                          # (B, S), S = P + T
-    out = model(idx.clamp(min=0), past_kv=past, attention_mask=mask, use_cache=True, last_only=True)
-    return out.present_kv, mask, out.logits[:, -1]
 
 
 @torch.no_grad()
@@ -113,7 +98,7 @@ def sample(model: GPT, prompts: list[list[int]], cfg: SampleConfig, past_kv: Pas
     generator, N, nb = torch.Generator(device=dev).manual_seed(cfg.seed), cfg.num_return, batch_size or len(prompts)
     hyps = []
     for lo in range(0, len(prompts), nb):
-        kv, mask, logits = prefill(model, prompts[lo:lo + nb], past_kv, past_mask, (past_rows or [])[lo:lo + nb])
+        kv, mask, _, logits = prefill(model, prompts[lo:lo + nb], past_kv, past_mask, (past_rows or [])[lo:lo + nb])
         kv = [(k.repeat_interleave(N, 0), v.repeat_interleave(N, 0)) for k, v in kv]   # (B·N, H, S, D)
         hyps += sample_batch(model, kv, mask.repeat_interleave(N, 0), logits.repeat_interleave(N, 0), cfg, generator)
     return hyps
