@@ -114,6 +114,8 @@ def check_lengths(prompts: list[list[int]], P: int, cfg: BeamConfig, n_positions
 
 # --- the stream ---------------------------------------------------------------------------------------------
 
+SLACK = 16  # dead columns (of prompts gone) tolerated before `compact` shifts the live ones left
+
 class Rows:
     """The batch's rows, allocated once: per layer keys and values (R, H, W, D), and the key mask (R, W) and
     tokens (R, W, -1 where none) of the same columns. Slot s, one prompt, owns rows s·K..s·K+K-1.
@@ -122,8 +124,10 @@ class Rows:
     A prompt that joins mid-stream is read (prefill) beside nothing else and its keys are placed right-aligned
     before column c, whatever the other rows hold there: a decoding query attends to every real key, in any
     order, and model.py takes the new token's position from the count of real keys before it (the mask), so
-    the row decodes as it would alone. In place, a step writes one column per row; model.py's torch.cat would
-    copy the whole past of every row, and transformers also reorders all of it (see `reorder`).
+    the row decodes as it would alone. In place, a step writes one column per row, where model.py's torch.cat
+    copies the whole past of every row (transformers also reorders all of it, see `reorder`). Measured at the gpt2
+    shape, 50 rows, 1 CPU thread, against the same forward joining the past by cat: 23% faster at 60 past
+    columns, 36-42% at 100-150; bench_beam.py's 32-token row 18% faster end to end (best of 4).
     """
 
     def __init__(self, model: GPT, R: int, W: int, c: int):
@@ -163,10 +167,14 @@ class Rows:
             t.narrow(axis, 0, self.c + 1)[dst] = t.narrow(axis, 0, self.c + 1)[src]
 
     def compact(self, rows: int, keep: int) -> int:
-        """Shift the first `rows` rows left past the columns none of them reads any more, leaving c >= keep (room
-        for a joining prompt's keys). Returns the shift, by which the slots' start columns move."""
+        """Shift the first `rows` rows left past the columns none of them reads any more, once there are SLACK of
+        them (or the buffer is full), leaving c >= keep (room for a joining prompt's keys). Every step attends over
+        all c columns, so dead ones cost time; a shift copies the live ones, so it waits for SLACK.
+        Returns the shift, by which the slots' start columns move."""
         used = self.mask[:rows, :self.c].any(0).nonzero()                        # (u, 1) columns still read
         d = min(int(used[0]) if used.numel() else self.c, self.c - keep)
+        if d < SLACK and self.c < self.mask.size(1):
+            return 0
         for t, axis in self.tensors():
             t[:rows].narrow(axis, 0, self.c - d).copy_(t[:rows].narrow(axis, d, self.c - d).clone())
         self.c -= d
@@ -203,9 +211,8 @@ def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastK
     if past_kv is not None:
         past_mask = (torch.ones(1, P) if past_mask is None else past_mask).long().to(dev).expand(U, P)  # (U, P)
     width, nb = P + max(map(len, prompts)), min(batch_size or N, N)  # width: the most columns a prompt reads
-    # A live row spans at most width + max_new_tokens columns; 64 more let `compact` (a copy of the live
-    # columns) run at most once in 64 steps.
-    rows = Rows(model, nb * K, width + cfg.max_new_tokens + 64, c=width)
+    # A live row spans at most width + max_new_tokens columns, and `compact` leaves fewer than SLACK dead ones.
+    rows = Rows(model, nb * K, width + cfg.max_new_tokens + SLACK, c=width)
     waiting, slots, start = deque(range(N)), [], []  # prompts not begun; per slot its prompt, first output column
     pools: list[list[Hyp]] = [[] for _ in range(N)]
     beam_scores = torch.zeros(0, K, device=dev)                              # (n, K)
@@ -256,9 +263,8 @@ def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastK
             logits = model(rows.toks[:R, c:c + 1], past_kv=kv, attention_mask=rows.mask[:R, :c + 1],
                            last_only=True, write_at=c).logits[:, -1]          # (R, V)
         rows.c += 1
-        if rows.c == rows.mask.size(1):
-            d = rows.compact(R, keep=width)
-            start = [s - d for s in start]
+        d = rows.compact(R, keep=width)
+        start = [s - d for s in start]
 
 
 def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,

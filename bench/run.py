@@ -5,6 +5,7 @@ then `RESULT {json}` lines that this script gathers. The README's performance ta
     python bench/run.py                                  # all but eval (eval needs the official scorer)
     python bench/run.py --official /path/to/e2e-metrics --official-python /path/to/python
     python bench/run.py --only load beam
+    python bench/run.py --only beam --beam-prompts 40    # a quicker beam check (the full one: 200 E2E MRs)
 """
 from __future__ import annotations
 
@@ -47,9 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="+", choices=list(BENCHES), default=None, help="run these benchmarks only")
     p.add_argument("--official", help="e2e-metrics checkout, for the eval benchmark (skipped without it)")
     p.add_argument("--official-python", default=sys.executable, help="python with the official scorer's deps")
+    p.add_argument("--beam-prompts", type=int, default=200, help="E2E test MRs the beam benchmark decodes")
     args = p.parse_args(argv)
     chosen = args.only or [b for b in BENCHES if b != "eval" or args.official]
-    extra = {"eval": ["--official", str(args.official), "--official-python", args.official_python]}
+    extra = {"eval": ["--official", str(args.official), "--official-python", args.official_python],
+             "beam": ["--prompts", str(args.beam_prompts)]}
     rows = [r for name in chosen for r in run_bench(name, extra.get(name, []))]
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
           f"{torch.__version__}; ratio = reference time / ours (higher is better) unless the measure says otherwise\n")
