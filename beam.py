@@ -13,25 +13,24 @@ examples:
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import sys
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import tiktoken
 import torch
-import torch.distributed as dist
 
 import data
+import ddp
 import prefix
+from beam_files import check_out, read_prompts, read_requests, write_results
 from checkpoint import CheckpointError, fingerprint
-from runfolder import RunFolderError, atomic_write
 from cli import arg, parse, pick_device
 from model import GPT, PastKV
 from report import progress
+from runfolder import RunFolderError
 from sample import SampleConfig, sample
 from search import BeamConfig, BeamError, Hyp, beam_search, check_lengths, stream  # noqa: F401  (beam_search: public)
 from tuner import open_run
@@ -97,13 +96,26 @@ def parse_prefix(spec: str) -> tuple[str, float]:
     return (m[1], float(m[2])) if m else (spec, 1.0)
 
 
-def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encoding, dict | None]:
+def main(argv: list[str] | None = None) -> None:
+    try:
+        decode(parse(DecodeConfig, argv, __doc__, BeamError))
+    except (CheckpointError, RunFolderError, prefix.PrefixError, data.DataError, BeamError) as e:
+        sys.exit(f"beam.py: error: {e}")
+    except OSError as e:  # a full disk or an unwritable --out: one line, not a traceback
+        sys.exit(f"beam.py: error: could not write {e.filename or 'the output'} ({e.strerror or e}).")
+    finally:
+        ddp.end()
+
+
+# --- what to decode, and how ----------------------------------------------------------------------------
+
+def load_decoder(cfg: DecodeConfig, device: torch.device
+                 ) -> tuple[GPT, PastKV | None, tiktoken.Encoding, dict | None]:
     """The model and its past (the run's own, or the --prefix files mixed on its base), and the run's record."""
     ckpt = Path(cfg.ckpt)
     if ckpt.suffix == ".safetensors" and ckpt.is_file() and not (ckpt.parent / "config.json").is_file():
         raise BeamError(f"--ckpt {ckpt} is a trained file, not a model: pass its run folder (--ckpt {ckpt.parent}), "
                         f"or the base model with it as a prefix (--ckpt BASE --prefix {ckpt}).")
-    device = pick_device(cfg.device, BeamError)
     model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), device, cfg.allow_other_base)
     labels = (run or {}).get("labels") or []
     if cfg.label and cfg.label not in labels:
@@ -118,66 +130,15 @@ def load_decoder(cfg: DecodeConfig) -> tuple[GPT, PastKV | None, tiktoken.Encodi
     return model, past, tok, run
 
 
-def read_prompts(path: str) -> list[str]:
-    """One prompt a line, split on "\n" only: a U+2028 or form feed inside a prompt stays in it."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BeamError(f"{path}: cannot read it ({e}). Give a UTF-8 text file, one prompt a line.") from None
-    lines = [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
-    if not lines:
-        raise BeamError(f"{path}: empty. Write one prompt a line.")
-    for number, line in enumerate(lines, 1):
-        if not line:
-            raise BeamError(f"{path}, line {number}: an empty prompt. Remove the blank line.")
-    return lines
-
-
-def read_requests(path: str) -> list[tuple[str, str]]:
-    """--requests: one {"prefix": ..., "source": ...} a line -> (prefix, source) per request."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BeamError(f"{path}: cannot read it ({e}). Give a UTF-8 JSONL file.") from None
-    requests = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-            requests.append((str(row["prefix"]), str(row["source"])))
-        except (ValueError, KeyError, TypeError) as e:
-            raise BeamError(f"{path}, line {number}: {e!r}; expected {{\"prefix\": FILE, \"source\": TEXT}}.") from None
-    if not requests:
-        raise BeamError(f"{path}: empty. Write one request a line.")
-    return requests
-
-
-def write_lines(path: Path, lines: list[str]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    try:
-        decode(parse(DecodeConfig, argv, __doc__, BeamError))
-    except (CheckpointError, RunFolderError, prefix.PrefixError, data.DataError, BeamError) as e:
-        sys.exit(f"beam.py: error: {e}")
-    except OSError as e:  # a full disk or an unwritable --out: one line, not a traceback
-        sys.exit(f"beam.py: error: could not write {e.filename or 'the output'} ({e.strerror or e}).")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def check_out(out: str, with_side_files: bool) -> Path | None:
-    """Refuse an unusable destination before hours of decoding, not after."""
-    if not out:
-        if with_side_files:
-            raise BeamError("--data-dir needs --out: it writes OUT, OUT's .txt and .refs.txt for python -m eval.")
-        return None
-    path = Path(out)
-    if path.is_dir():
-        raise BeamError(f"--out {out}: is a folder; name a file (e.g. {path / 'test.jsonl'}).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def load_requests(cfg: DecodeConfig, model: GPT, run: dict | None
+                  ) -> tuple[list[str], list[str], PastKV, torch.Tensor, list[int]]:
+    """--requests: each request's prefix name and source, the distinct prefixes stacked as one past with its mask,
+    and each request's row of that stack; so many tasks share one base and one stream (prefix.stack)."""
+    names, sources = map(list, zip(*read_requests(cfg.requests)))
+    labels, distinct = (run or {}).get("labels") or [], list(dict.fromkeys(names))
+    paths = [str(Path(cfg.ckpt) / f"{n}.safetensors") if n in labels else n for n in distinct]
+    past, past_mask = prefix.stack([prefix.load(p, model, cfg.allow_other_base) for p in paths])
+    return names, sources, past, past_mask, [distinct.index(n) for n in names]
 
 
 def sources_of(cfg: DecodeConfig, run: dict | None) -> tuple[list[str], list[data.Entry] | None, bool]:
@@ -195,64 +156,59 @@ def sources_of(cfg: DecodeConfig, run: dict | None) -> tuple[list[str], list[dat
     return read_prompts(cfg.prompts)[:cfg.limit or None], None, templated
 
 
+def search_config(cfg: DecodeConfig, vocab_size: int, eos: int, templated: bool) -> BeamConfig:
+    """The beam search's settings from the flags; the banned ids must leave EOS and 2K tokens to rank each step."""
+    banned = cfg.ban if cfg.ban is not None else E2E_BANNED if templated else ()
+    bad = [b for b in banned if not 0 <= b < vocab_size or b == eos]
+    if bad:
+        raise BeamError(f"--ban {bad}: token ids are 0..{vocab_size - 1}, and EOS ({eos}) "
+                        f"cannot be banned (use --min-new-tokens).")
+    if 2 * cfg.beams > vocab_size - len(set(banned)):  # each step ranks 2K distinct candidates
+        raise BeamError(f"--beams {cfg.beams}: each step ranks 2K = {2 * cfg.beams} distinct tokens, but only "
+                        f"{vocab_size - len(set(banned))} may be generated. Use fewer (the recipe: 5).")
+    es = {"false": False, "true": True, "never": "never"}[cfg.early_stopping]
+    return BeamConfig(beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                      length_penalty=cfg.length_penalty, early_stopping=es,
+                      no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=tuple(banned))
+
+
 def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: PastKV | None, batch_size: int,
                past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None) -> list[Hyp] | None:
     """Every prompt's best hypothesis, in input order, decoded as one stream (search.stream). Under torchrun each
-    process streams every world-th prompt and rank 0 gathers them all (the other ranks get None)."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
-    mine = list(range(rank, len(prompts), world))
+    process streams its share of the prompts and rank 0 gathers them all (the other ranks get None)."""
+    mine = ddp.share(len(prompts))
     rows = None if past_rows is None else [past_rows[i] for i in mine]
     found = {}
     if mine:
         hyps = stream(model, [prompts[i] for i in mine], search, past, past_mask, rows, batch_size)
         found = {mine[i]: hyp for i, hyp in progress(hyps, len(mine), "prompt")}
-    if world > 1:
-        parts = [{} for _ in range(world)] if rank == 0 else None
-        dist.gather_object(found, parts, dst=0)
-        found = {i: hyp for part in parts or [] for i, hyp in part.items()}
-    return [found[i] for i in range(len(prompts))] if rank == 0 else None
+    return ddp.gather(found, len(prompts))
 
+
+# --- the decode -----------------------------------------------------------------------------------------
 
 def decode(cfg: DecodeConfig) -> None:
     given = bool(cfg.prompts) + bool(cfg.data_dir) + bool(cfg.requests)
     if given > 1 or (given == 0 and not (cfg.label or cfg.prefix)):
         raise BeamError("give one of --prompts FILE, --data-dir DIR and --requests FILE (or --label / --prefix to "
                         "generate from no source).")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one stream per process, on its own GPU if any
-        if cfg.device.startswith("cuda"):
-            cfg = replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
-        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    device, _, world = ddp.start(pick_device(cfg.device, BeamError))  # torchrun: one stream per process and GPU
     out = check_out(cfg.out, bool(cfg.data_dir))
-    model, past, tok, run = load_decoder(cfg)
+    model, past, tok, run = load_decoder(cfg, device)
     past_mask = names = past_rows = None
-    if cfg.requests:  # each request's prefix is one row of a stack of the distinct ones
-        names, sources = map(list, zip(*read_requests(cfg.requests)))
-        labels, distinct = (run or {}).get("labels") or [], list(dict.fromkeys(names))
-        paths = [str(Path(cfg.ckpt) / f"{n}.safetensors") if n in labels else n for n in distinct]
-        past, past_mask = prefix.stack([prefix.load(p, model, cfg.allow_other_base) for p in paths])
-        past_rows, entries, templated = [distinct.index(n) for n in names], None, not cfg.raw
+    if cfg.requests:
+        names, sources, past, past_mask, past_rows = load_requests(cfg, model, run)
+        entries, templated = None, not cfg.raw
     else:
         sources, entries, templated = sources_of(cfg, run)
     prompts = [data.prompt_ids(tok, s) if templated else tok.encode(s, allowed_special="all") for s in sources]
-    es = {"false": False, "true": True, "never": "never"}[cfg.early_stopping]
-    banned = cfg.ban if cfg.ban is not None else E2E_BANNED if templated else ()
-    bad = [b for b in banned if not 0 <= b < model.config.vocab_size or b == tok.eot_token]
-    if bad:
-        raise BeamError(f"--ban {bad}: token ids are 0..{model.config.vocab_size - 1}, and EOS ({tok.eot_token}) "
-                        f"cannot be banned (use --min-new-tokens).")
-    if 2 * cfg.beams > model.config.vocab_size - len(set(banned)):  # each step ranks 2K distinct candidates
-        raise BeamError(f"--beams {cfg.beams}: each step ranks 2K = {2 * cfg.beams} distinct tokens, but only "
-                        f"{model.config.vocab_size - len(set(banned))} may be generated. Use fewer (the recipe: 5).")
-    search = BeamConfig(beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                        length_penalty=cfg.length_penalty, early_stopping=es,
-                        no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=tuple(banned))
+    search = search_config(cfg, model.config.vocab_size, tok.eot_token, templated)
     P = 0 if past is None else past[0][0].size(2)
     check_lengths(prompts, P, search, model.config.n_positions)  # fail before hours of decoding, not after
     sampling = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                             num_return=cfg.num_return, max_new_tokens=cfg.max_new_tokens,
-                            min_new_tokens=cfg.min_new_tokens, banned=tuple(banned)) if cfg.sample else None
-    if sampling and (cfg.no_repeat_ngram_size or dist.is_initialized() or (cfg.num_return > 1 and cfg.data_dir)):
+                            min_new_tokens=cfg.min_new_tokens, banned=search.banned) if cfg.sample else None
+    if sampling and (cfg.no_repeat_ngram_size or world > 1 or (cfg.num_return > 1 and cfg.data_dir)):
         raise BeamError("--sample runs in one process (one RNG stream), without --no-repeat-ngram-size, and with "
                         "--data-dir only with --num-return 1 (its .txt has one output per source).")
     if sampling:  # prompt i's N samples are rows i·N..i·N+N-1
@@ -273,32 +229,12 @@ def decode(cfg: DecodeConfig) -> None:
         return
     # Traceability: every row says what made it (the run, the prefixes mixed, the base, the decoding settings).
     made_by = dict(ckpt=str(cfg.ckpt), prefixes=cfg.prefix or [], base_fingerprint=fingerprint(model),
-                   search={k: v for k, v in asdict(sampling or search).items()})
+                   search=asdict(sampling or search))
     rows = [dict(prompt=s, text=x, tokens=h.tokens, score=h.score, made_by=made_by) for s, x, h in
             zip(sources, texts, hyps)]
     for row, name in zip(rows, names or []):
         row["prefix"] = name
-    of_source = {r["prompt"]: r for r in rows}
-    write_lines(out, [json.dumps(r, ensure_ascii=False)
-                      for r in ([of_source[e.source] for e in entries] if entries is not None else rows)])
-    if entries is not None:
-        write_outputs(out, entries, {s: r["text"] for s, r in of_source.items()})
-
-
-def refs_of(entry: data.Entry) -> list[str]:
-    """An entry's references as lines: an empty one dropped (DART test Id116 has one; the official TER and METEOR
-    files drop it too, and it would read as the end of the entry), a line break inside one made a space."""
-    return [" ".join(ref.split("\n")) for ref in entry.refs if ref.strip()]
-
-
-def write_outputs(out: Path, entries: list[data.Entry], text_of: dict[str, str]) -> None:
-    """What python -m eval scores: OUT.txt (one line per entry, in file order; DART repeats a shared source's
-    output), OUT.refs.txt (an entry's references, a blank line after each); WebNLG also per seen/unseen group."""
-    groups = {"": entries} | {g: [e for e in entries if e.group == g] for g in sorted({e.group for e in entries} - {""})}
-    for group, members in groups.items():
-        name = f"{out.stem}.{group}" if group else out.stem  # test.txt, test.seen.txt, test.unseen.txt
-        write_lines(out.with_name(name + ".txt"), [text_of[e.source] for e in members])
-        write_lines(out.with_name(name + ".refs.txt"), [line for e in members for line in [*refs_of(e), ""]])
+    write_results(out, rows, entries)
 
 
 if __name__ == "__main__":
