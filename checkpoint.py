@@ -1,8 +1,8 @@
 """Checkpoints on disk: Hugging Face GPT-2 folders (config.json, model.safetensors, shards, the hub).
 
 model.py is the model alone; this file reads config.json + model.safetensors (single or sharded, local or from
-the hub) into it and writes them back in Hugging Face's layout, through runfolder.py's safe writes. Everything
-read is checked before anything is allocated, and nothing is ever unpickled.
+the hub, which hub.py fetches) into it and writes them back in Hugging Face's layout, through runfolder.py's safe
+writes. Everything read is checked before anything is allocated, and nothing is ever unpickled.
     model = from_pretrained("gpt2-medium")          # or a folder, a .safetensors file, hf:owner/name
     save_pretrained(model, "out/")                  # transformers' GPT2LMHeadModel.from_pretrained reads it
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import fields
@@ -29,7 +28,6 @@ CONFIG_CAP = 1 << 20    # bytes of config.json read at most: a link to /dev/zero
 CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
 BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers of old checkpoints
 LAYER = re.compile(r"h\.(\d+)\.")
-HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt"]
 # config.json fields this model implements only at one value; any other is refused by name.
 FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
          "model_type": "gpt2"}
@@ -42,33 +40,15 @@ class CheckpointError(Exception):
 # --- reading Hugging Face checkpoints -------------------------------------------------------------------------
 
 def resolve(src: str | Path) -> Path:
-    """A folder, a .safetensors file, or a hub name -> the local folder holding config.json. Only a bare name
-    (`gpt2-medium`) or `hf:owner/name` goes to the hub: a path with a separator, or a file name (.safetensors,
-    .json), is local, so a typo there is "no such folder" and never sends a local path name over the network."""
-    path, name = Path(src), str(src)
+    """A folder, a .safetensors file, or a hub name -> the local folder holding config.json. What is not on disk
+    goes to hub.download, which sends only a bare name or hf:owner/name over the network."""
+    path = Path(src)
     if path.is_dir():
         return path
     if path.is_file():
         return path.parent
-    if name.startswith("hf:"):
-        name = name[3:]
-    elif "/" in name or os.sep in name or not re.fullmatch(r"[\w.-]+", name) or path.suffix in (".safetensors",
-                                                                                                 ".json"):
-        raise CheckpointError(f"{src}: no such folder (neither a folder, a file nor a hub name). A path with a "
-                              f"separator is read as local; for a hub repository write hf:owner/name.")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(f"{src}: not a local folder or file, and huggingface_hub is not installed to fetch "
-                              f"it from the hub. `pip install huggingface_hub`, or pass a local folder.") from None
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
-    except Exception as e:  # offline, unknown repo, gated: all end the same way for the user
-        if "NotFound" in type(e).__name__:  # huggingface_hub's RepositoryNotFoundError: a typo, most likely
-            raise CheckpointError(f"{src}: not found on the hub, and no such local folder. Check the spelling "
-                                  f"(gpt2, gpt2-medium, hf:owner/name) or pass a local folder.") from None
-        raise CheckpointError(f"{src}: not a local folder or file, and the hub could not give it ({type(e).__name__}: "
-                              f"{e}). Check the name and your connection, or download it and pass the folder.") from None
+    from hub import download  # imported only now: a name not on disk is the one case that needs the network
+    return download(src)
 
 
 def read_config(folder: Path) -> GPTConfig:
