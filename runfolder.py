@@ -113,7 +113,11 @@ def read_log(path: Path, upto: int) -> tuple[str, int]:
     return "".join(r + "\n" for r in kept), torn
 
 
+def log_rows(log: Path) -> list[dict]:
+    """A run's log.jsonl as rows, in order; [] while the run has no log yet."""
+    return [json.loads(line) for line in log.read_text().split("\n") if line] if log.is_file() else []
+
+
 def val_losses(log: Path) -> list[float]:
     """The validation losses a run's log holds so far, in order (what --early-stop and OUT/best go by)."""
-    rows = [json.loads(line) for line in log.read_text().split("\n") if line] if log.is_file() else []
-    return [r["val_loss"] for r in rows if "val_loss" in r]
+    return [r["val_loss"] for r in log_rows(log) if "val_loss" in r]

@@ -14,9 +14,7 @@ examples:
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import sys
 from contextlib import nullcontext
@@ -27,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import ddp
 import prefix
 from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
 from cli import arg, parse, pick_device
@@ -34,7 +33,7 @@ from data import IGNORE, TEMPLATE, Batches, DataError, example, read_rows, subse
 from model import GPT, SHAPES, GPTConfig, flops_per_token, named_shape
 from report import Meter, line_plot, peak_tflops, progress
 from resume import ResumeError, resume_from, save_step
-from runfolder import LOG_FILE, RunFolderError, claim, read_log, val_losses, write_run
+from runfolder import LOG_FILE, RunFolderError, claim, log_rows, read_log, val_losses, write_run
 from tokenizer import load_tokenizer, write_tokenizer_files
 from tuner import STANDALONE, TUNERS, adamw, evaluate, nll_sum, objective
 
@@ -124,13 +123,7 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = pick_device(cfg.device, TrainError)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device, rank, world = ddp.start(pick_device(cfg.device, TrainError))  # torchrun: a process per GPU
     stop: list[str] = []  # Ctrl-C and SIGTERM end the current step, save, and exit cleanly
     handlers = {s: signal.signal(s, lambda n, _: stop.append(signal.Signals(n).name))
                 for s in (signal.SIGINT, signal.SIGTERM)}
@@ -139,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-        if world > 1:
-            dist.destroy_process_group()
+        ddp.end()
 
 
 def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
@@ -219,7 +211,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             opt.step()
             opt.zero_grad(set_to_none=True)
             done = step + 1
-            stopping = sync_stop(stop, world, device)
+            stopping = sync_stop(stop, device)
             row, early = None, False
             if done % cfg.log_every == 0 or done == cfg.max_steps or stopping:
                 row = meter.row(done, loss, (stats[0] / stats[1]).item(), lr_at(step, cfg), device)
@@ -269,15 +261,13 @@ def keep_best(out: Path, tuner: torch.nn.Module, run: dict) -> None:
     write_tokenizer_files(out, out / "best")
 
 
-def sync_stop(stop: list[str], world: int, device: torch.device) -> bool:
+def sync_stop(stop: list[str], device: torch.device) -> bool:
     """Whether to save and stop after this step, decided once: a signal arriving later (while this step saves)
     stops the next one, never this one unsaved. Every process must stop at the same step, or the others wait
     forever in all_reduce."""
-    if world > 1:
-        flag = torch.tensor(float(bool(stop)), device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        stop += ["a signal on another process"] if flag.item() and not stop else []
-    return bool(stop)
+    stopping = ddp.any_rank(bool(stop), device)
+    stop += ["a signal on another process"] if stopping and not stop else []
+    return stopping
 
 
 def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) -> None:
@@ -292,7 +282,7 @@ def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) ->
         raise TrainError(f"could not write the trained weights to {out} ({e.strerror or e}); the resume "
                          f"checkpoint is kept: free space, then run again with --resume.") from None
     print(f"wrote {path} ({path.stat().st_size / 2**10:,.1f} KiB)")
-    rows = [json.loads(line) for line in (out / LOG_FILE).read_text().split("\n") if line]
+    rows = log_rows(out / LOG_FILE)
     curves = {k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r]) for k in ("tok_loss", "val_loss")}
     if not line_plot(out / "loss.png", curves, "step", "NLL per target token", f"{cfg.tuner}-tuning {cfg.init_from}"):
         print("note: matplotlib is not installed, so no loss.png (pip install matplotlib)")
