@@ -1,18 +1,16 @@
 """ROUGE-L and CIDEr-D as the coco-caption scorers inside the official E2E script compute them.
 
 Both take PTB-tokenized, lowercased, punctuation-free text (eval.java.ptb_tokenize). ROUGE-L is the
-mean over MRs of an LCS F-measure (beta 1.2) against the best reference precision and recall (Lin 2004).
-CIDEr-D (Vedantam et al. 2015) is a tf-idf cosine over 1-4-grams with document frequencies taken from the
-references being scored, clipped, with a Gaussian length penalty, times 10. Used by eval.score().
+mean over MRs of an LCS F-measure (beta 1.2) against the best reference precision and recall (Lin 2004),
+with a bit-parallel LCS (--task text's ROUGE-L shares it). CIDEr-D (Vedantam et al. 2015: a clipped tf-idf
+cosine over 1-4-grams, document frequencies from the references being scored, a Gaussian length penalty,
+times 10) is coco-caption's own code, as pycocoevalcap (pinned in requirements-eval.txt) ships it.
+Used by eval.score().
 """
-from collections import Counter, defaultdict
-
 import numpy as np
-
-from .bleu_nist import ngram_counts  # coco-caption's precook: the same counts, split on whitespace
+from pycocoevalcap.cider.cider import Cider
 
 ROUGE_BETA = 1.2
-CIDER_N, CIDER_SIGMA = 4, 6.0
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:
@@ -36,52 +34,10 @@ def rouge_l(refs: list[list[str]], outputs: list[str]) -> float:
         lcs = [lcs_length(ref.split(" "), hyp) for ref in group]
         prec = max(n / len(hyp) for n in lcs)
         rec = max(n / len(ref.split(" ")) for n, ref in zip(lcs, group))
-        if prec != 0 and rec != 0:
-            scores.append((1 + ROUGE_BETA**2) * prec * rec / (rec + ROUGE_BETA**2 * prec))
-        else:
-            scores.append(0.0)
+        scores.append((1 + ROUGE_BETA**2) * prec * rec / (rec + ROUGE_BETA**2 * prec) if prec and rec else 0.0)
     return float(np.mean(np.array(scores)))
-
-
-def cider_vector(counts: Counter, doc_freq: dict[tuple, float], log_n_docs: float) -> tuple[list, list, int]:
-    """tf-idf vector per n, its norms, and the sentence 'length' coco-caption uses: its number of bigrams."""
-    vec = [defaultdict(float) for _ in range(CIDER_N)]
-    norm = [0.0] * CIDER_N
-    for gram, tf in counts.items():
-        n = len(gram) - 1
-        vec[n][gram] = float(tf) * (log_n_docs - np.log(max(1.0, doc_freq.get(gram, 0.0))))
-        norm[n] += vec[n][gram] ** 2
-    bigrams = sum(tf for gram, tf in counts.items() if len(gram) == 2)
-    return vec, [np.sqrt(x) for x in norm], bigrams
-
-
-def cider_sim(hyp: tuple, ref: tuple) -> list[float]:
-    """Clipped cosine similarity per n, times the Gaussian penalty on the length difference."""
-    (vec_h, norm_h, len_h), (vec_r, norm_r, len_r) = hyp, ref
-    delta = float(len_h - len_r)
-    val = [0.0] * CIDER_N  # Python floats: the same IEEE arithmetic as coco-caption's numpy scalars, faster
-    for n in range(CIDER_N):
-        for gram, weight in vec_h[n].items():
-            val[n] += min(weight, vec_r[n].get(gram, 0.0)) * vec_r[n].get(gram, 0.0)
-        if norm_h[n] != 0 and norm_r[n] != 0:
-            val[n] /= norm_h[n] * norm_r[n]
-        val[n] *= np.e ** (-(delta**2) / (2 * CIDER_SIGMA**2))
-    return val
 
 
 def cider_d(refs: list[list[str]], outputs: list[str]) -> float:
     """coco-caption's Cider as the E2E script runs it: mean over MRs of 10 x mean_n(mean over refs of sim)."""
-    ref_counts = [[ngram_counts(r.split(), CIDER_N) for r in group] for group in refs]
-    doc_freq: dict[tuple, float] = defaultdict(float)
-    for group in ref_counts:
-        for gram in set(g for counts in group for g in counts):
-            doc_freq[gram] += 1
-    log_n_docs = np.log(float(len(refs)))
-    scores = []
-    for group, output in zip(ref_counts, outputs):
-        hyp = cider_vector(ngram_counts(output.split(), CIDER_N), doc_freq, log_n_docs)
-        total = np.array([0.0] * CIDER_N)
-        for counts in group:
-            total += np.array(cider_sim(hyp, cider_vector(counts, doc_freq, log_n_docs)))
-        scores.append(np.mean(total) / len(group) * 10.0)
-    return float(np.mean(np.array(scores)))
+    return float(Cider().compute_score(dict(enumerate(refs)), {i: [o] for i, o in enumerate(outputs)})[0])
