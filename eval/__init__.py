@@ -32,26 +32,15 @@ def score(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
     check_pairs(refs, outputs)
     meteor = Meteor()  # its JVM loads the paraphrase table while the rest runs
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenized = pool.submit(ptb_tokenize, [[r for group in refs for r in group], outputs])
+        with ThreadPoolExecutor() as pool:  # the JVMs work while Python computes BLEU/NIST, ROUGE-L, CIDEr
+            tokenizing = [pool.submit(ptb_tokenize, groups) for groups in (refs, [[o] for o in outputs])]
             bleu, nist = bleu_nist(refs, outputs)
-            flat_refs, tok_outputs = tokenized.result()
-        tok_refs, start = [], 0
-        for group in refs:
-            tok_refs.append(flat_refs[start:start + len(group)])
-            start += len(group)
-        with ThreadPoolExecutor(max_workers=1) as pool:
+            tok_refs, tok_outputs = tokenizing[0].result(), [group[0] for group in tokenizing[1].result()]
             meteor_score = pool.submit(meteor.score, tok_refs, tok_outputs)
             rouge, cider = rouge_l(tok_refs, tok_outputs), cider_d(tok_refs, tok_outputs)
             return {"BLEU": bleu, "NIST": nist, "METEOR": meteor_score.result(), "ROUGE_L": rouge, "CIDEr": cider}
     finally:
         meteor.close()
-
-
-def score_text(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
-    """A task of your own: BLEU as the E2E scorer's (0-1) and rouge-score's ROUGE-1/2/L F-measures."""
-    check_pairs(refs, outputs)
-    return {"BLEU": bleu_nist(refs, outputs)[0], **rouge(refs, outputs)}
 
 
 def score_files(refs_path: str | Path, outputs_path: str | Path, task: str = "e2e") -> dict[str, float]:
@@ -62,6 +51,6 @@ def score_files(refs_path: str | Path, outputs_path: str | Path, task: str = "e2
     if len(refs) != len(outputs):
         raise EvalError(f"{outputs_path} has {len(outputs)} lines but {refs_path} has references for {len(refs)} "
                         f"MRs. Write exactly one output line per MR, in the references' order.")
-    if task == "e2e":
-        return score(refs, outputs)
-    return score_text(refs, outputs) if task == "text" else score_data2text(refs, outputs, task)
+    if task == "text":  # a task of your own: BLEU as the E2E scorer's (0-1) and rouge-score's ROUGE-1/2/L
+        return {"BLEU": bleu_nist(refs, outputs)[0], **rouge(refs, outputs)}
+    return score(refs, outputs) if task == "e2e" else score_data2text(refs, outputs, task)
