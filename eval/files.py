@@ -8,6 +8,7 @@ one error type of eval/.
 import csv
 import json
 import re
+from itertools import groupby
 from pathlib import Path
 
 # measure_scores.py's header patterns (re.match, any case) for the MR and the reference column.
@@ -48,16 +49,11 @@ def read_lines(path: str | Path) -> list[str]:
 
 def json_rows(lines: list[str]) -> list[dict] | None:
     """The lines as JSON objects if every non-blank one is an object (beam.py's JSONL), else None."""
-    rows = []
-    for line in filter(None, lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(row, dict):
-            return None
-        rows.append(row)
-    return rows or None
+    try:
+        rows = [json.loads(line) for line in lines if line]
+    except ValueError:
+        return None
+    return rows if rows and all(isinstance(row, dict) for row in rows) else None
 
 
 def read_refs(path: str | Path) -> list[list[str]]:
@@ -70,17 +66,14 @@ def read_refs(path: str | Path) -> list[list[str]]:
                         f"line after each entry's group (beam.py --data-dir writes them beside its output as "
                         f"{Path(path).stem}.refs.txt).")
     groups: list[list[str]] = [[]]
-    double_blank = 0  # a second blank line in a row, an error unless only blank lines follow
     for number, line in enumerate(lines, start=1):
-        if line and double_blank:
-            raise EvalError(f"{path}, line {double_blank}: a second blank line in a row, so an MR without "
-                            f"references. Put exactly one blank line after each MR's group of references.")
         if line:
             groups[-1].append(line)
         elif groups[-1]:
             groups.append([])
-        elif len(groups) > 1:
-            double_blank = double_blank or number
+        elif len(groups) > 1 and any(lines[number:]):  # only blank lines may follow a second blank line
+            raise EvalError(f"{path}, line {number}: a second blank line in a row, so an MR without references. "
+                            f"Put exactly one blank line after each MR's group of references.")
     groups = [g for g in groups if g]
     if not groups:
         raise EvalError(f"{path}: no references. Write one reference a line, a blank line after each MR's group.")
@@ -111,15 +104,8 @@ def read_csv_refs(path: str | Path) -> list[list[str]]:
     if bad:
         raise EvalError(f"{path}: rows {bad[:10]} (not counting blank lines) have a number of fields other than "
                         f"the header's {len(header)}. Quote fields that contain the delimiter.")
-    groups: list[list[str]] = []
-    previous = None
-    for row in rows[1:]:
-        mr, ref = row[src_cols[0]], row[ref_cols[0]]
-        if mr != previous:
-            groups.append([])
-            previous = mr
-        groups[-1].append(ref)
-    return groups
+    mr, ref = src_cols[0], ref_cols[0]
+    return [[row[ref] for row in group] for _, group in groupby(rows[1:], key=lambda row: row[mr])]
 
 
 def read_outputs(path: str | Path) -> list[str]:
