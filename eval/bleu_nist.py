@@ -8,6 +8,7 @@ set is one document, so the system score is computed from corpus-wide sums. Used
 import math
 import re
 from collections import Counter
+from functools import reduce
 
 # Perl's \s on decoded (UTF-8 flagged) strings; Python's \s also takes \x1c-\x1f, which Perl keeps in words.
 PERL_SPACE = r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
@@ -34,11 +35,12 @@ def ngram_counts(words: list[str], max_n: int) -> Counter:
     return Counter(tuple(words[i:i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1))
 
 
-def ngram_info(ref_counts: list[Counter], total_words: int) -> dict[tuple, float]:
+def ngram_info(ref_counts: list[Counter]) -> dict[tuple, float]:
     """NIST information weight of an n-gram: -log2 P(last word | first n-1 words), estimated on all references."""
     totals = Counter()
     for counts in ref_counts:
         totals.update(counts)
+    total_words = sum(count for gram, count in totals.items() if len(gram) == 1)
     info = {}
     for gram, count in totals.items():
         # Perl tests the (n-1)-gram string for truth, so a context that is the single word "0" counts as none.
@@ -85,25 +87,22 @@ def nist_length_penalty(ratio: float) -> float:
 def bleu_nist(refs: list[list[str]], outputs: list[str]) -> tuple[float, float]:
     """Corpus BLEU (0-1) and NIST, rounded to 4 decimals as measure_scores.py parses them from Perl's output."""
     ref_words = [[mteval_tokenize(r) for r in group] for group in refs]
-    ref_counts = [ngram_counts(words, 5) for group in ref_words for words in group]
-    info = ngram_info(ref_counts, sum(len(words) for group in ref_words for words in group))
+    ref_counts = [[ngram_counts(words, 5) for words in group] for group in ref_words]
+    info = ngram_info([counts for group in ref_counts for counts in group])
     matches, totals, info_sums = [0] * 5, [0] * 5, [0.0] * 5
     ref_length = n_refs = ref_unigrams = 0
-    counts_iter = iter(ref_counts)
-    for group, output in zip(ref_words, outputs):
+    for words, counts, output in zip(ref_words, ref_counts, outputs):
         hyp = mteval_tokenize(output)
-        max_ref = Counter()
-        for counts in (next(counts_iter) for _ in group):
-            max_ref |= counts  # per n-gram, the most any one reference has (clipping)
+        max_ref = reduce(Counter.__or__, counts)  # per n-gram, the most any one reference has (clipping)
         for gram, count in ngram_counts(hyp, 5).items():
             clipped = min(count, max_ref[gram])
             matches[len(gram) - 1] += clipped
             info_sums[len(gram) - 1] += info.get(gram, 0.0) * clipped
         for n in range(5):
             totals[n] += max(0, len(hyp) - n)
-        ref_length += closest_ref_length([len(w) for w in group], len(hyp))
-        n_refs += sum(1 for w in group if w)
-        ref_unigrams += sum(len(w) for w in group)
+        ref_length += closest_ref_length([len(w) for w in words], len(hyp))
+        n_refs += sum(1 for w in words if w)
+        ref_unigrams += sum(len(w) for w in words)
     bleu = bleu_smoothed(ref_length, matches, totals)
     nist = sum(s / max(t, 1) for s, t in zip(info_sums, totals))
     nist *= nist_length_penalty(totals[0] / (ref_unigrams / (n_refs / len(refs))))
