@@ -16,9 +16,6 @@ import numpy as np
 BEAM_WIDTH, MAX_SHIFT_SIZE, MAX_SHIFT_DIST = 20, 10, 50
 INF = 999999  # tercom's cost of an unreached cell
 TABLE_CELLS = 1 << 18  # N x H x R of one batch of edit tables (larger ones fall out of the CPU cache)
-# Edits of (hyp, ref) word pairs already searched in this process: WebNLG's "all" repeats "seen" and "unseen".
-SEARCHED: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
-MAX_SEARCHED = 1 << 18
 Moves = list[tuple[np.ndarray, np.ndarray]]  # per table column: where an insertion, where a deletion won
 
 
@@ -186,25 +183,20 @@ def shift_edits(hyps: list[tuple], refs: list[tuple]) -> list[int]:
     the result is the last edit distance plus 1 per shift taken.
     """
     starts = [ref_ngram_starts(hyp, ref) for hyp, ref in zip(hyps, refs)]
-    words, edits, paths = list(hyps), [0] * len(hyps), [""] * len(hyps)
-    for k, (cost, path) in enumerate(edit_distances(words, refs, paths=True)):
-        edits[k], paths[k] = cost, path
-    n_shifts = [0] * len(hyps)
-    searching = list(range(len(hyps)))
-    while searching:
-        shifts = {k: candidate_shifts(words[k], starts[k], paths[k], len(refs[k])) for k in searching}
-        tried = [(k, shifted(words[k], *s)) for k in searching for s in shifts[k]]
-        costs = edit_distances([w for _, w in tried], [refs[k] for k, _ in tried])
-        moved, at = {}, 0
-        for k in searching:
-            best = pick_shift(shifts[k], costs[at:at + len(shifts[k])], edits[k])
-            if best is not None:
-                moved[k] = tried[at + best][1]
-            at += len(shifts[k])
+    words, edits, paths, n_shifts = list(hyps), [0] * len(hyps), [""] * len(hyps), [0] * len(hyps)
+    moved = dict(enumerate(hyps))  # the pairs whose words changed (at first: all), with their new words
+    while moved:
         for k, (cost, path) in zip(moved, edit_distances(list(moved.values()), [refs[k] for k in moved], True)):
             words[k], edits[k], paths[k] = moved[k], cost, path
-            n_shifts[k] += 1
-        searching = list(moved)
+        shifts = {k: candidate_shifts(words[k], starts[k], paths[k], len(refs[k])) for k in moved}
+        tried = [(k, shifted(words[k], *s)) for k in shifts for s in shifts[k]]
+        costs = edit_distances([w for _, w in tried], [refs[k] for k, _ in tried])
+        moved, at = {}, 0
+        for k, candidates in shifts.items():
+            best = pick_shift(candidates, costs[at:at + len(candidates)], edits[k])
+            if best is not None:
+                moved[k], n_shifts[k] = tried[at + best][1], n_shifts[k] + 1
+            at += len(candidates)
     return [e + n for e, n in zip(edits, n_shifts)]
 
 
@@ -212,15 +204,12 @@ def ter(refs: list[list[str]], hyps: list[str]) -> float:
     """Corpus TER: summed edits to each closest reference over summed average reference lengths (tercom's
     score_all_refs and "Total TER"). An empty side is all insertions or all deletions (TERnullstr)."""
     tokens = [[tuple(text.lower().split()) for text in [hyp, *group]] for hyp, group in zip(hyps, refs)]
-    if len(SEARCHED) > MAX_SEARCHED:
-        SEARCHED.clear()
-    todo = list(dict.fromkeys((hyp, ref) for hyp, *group in tokens for ref in group
-                              if hyp and ref and (hyp, ref) not in SEARCHED))
+    pairs = list(dict.fromkeys((hyp, ref) for hyp, *group in tokens for ref in group if hyp and ref))
     vocab: dict[str, int] = {}
-    ids = [[tuple(vocab.setdefault(w, len(vocab)) for w in words) for words in pair] for pair in todo]
-    SEARCHED.update(zip(todo, shift_edits([hyp for hyp, _ in ids], [ref for _, ref in ids])))
+    ids = [[tuple(vocab.setdefault(w, len(vocab)) for w in words) for words in pair] for pair in pairs]
+    searched = dict(zip(pairs, shift_edits([hyp for hyp, _ in ids], [ref for _, ref in ids])))
     edits = words = 0.0
     for hyp, *group in tokens:
-        best = min(SEARCHED[hyp, ref] if hyp and ref else len(hyp) + len(ref) for ref in group)
+        best = min(searched[hyp, ref] if hyp and ref else len(hyp) + len(ref) for ref in group)
         edits, words = edits + best, words + sum(len(ref) for ref in group) / len(group)
     return edits / words
