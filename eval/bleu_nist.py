@@ -93,11 +93,10 @@ def bleu_nist(refs: list[list[str]], outputs: list[str]) -> tuple[float, float]:
     ref_length = n_refs = ref_unigrams = 0
     for words, counts, output in zip(ref_words, ref_counts, outputs):
         hyp = mteval_tokenize(output)
-        max_ref = reduce(Counter.__or__, counts)  # per n-gram, the most any one reference has (clipping)
-        for gram, count in ngram_counts(hyp, 5).items():
-            clipped = min(count, max_ref[gram])
+        max_ref = reduce(Counter.__ior__, counts, Counter())  # per n-gram, the most any one reference has
+        for gram, clipped in (ngram_counts(hyp, 5) & max_ref).items():
             matches[len(gram) - 1] += clipped
-            info_sums[len(gram) - 1] += info.get(gram, 0.0) * clipped
+            info_sums[len(gram) - 1] += info[gram] * clipped
         for n in range(5):
             totals[n] += max(0, len(hyp) - n)
         ref_length += closest_ref_length([len(w) for w in words], len(hyp))
