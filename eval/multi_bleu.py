@@ -8,6 +8,7 @@ BLEU about 0: the script takes log 0 as -9999999999). Reported as the script pri
 """
 import math
 from collections import Counter
+from functools import reduce
 
 from .bleu_nist import ngram_counts
 
@@ -18,9 +19,7 @@ def multi_bleu(refs: list[list[str]], hyps: list[str]) -> float:
     hyp_length = ref_length = 0
     for group, hyp in zip(refs, hyps):
         words = hyp.split()
-        max_ref = Counter()
-        for ref in group:
-            max_ref |= ngram_counts(ref.split(), 4)
+        max_ref = reduce(Counter.__ior__, (ngram_counts(ref.split(), 4) for ref in group), Counter())
         for gram, count in ngram_counts(words, 4).items():
             total[len(gram) - 1] += count
             correct[len(gram) - 1] += min(count, max_ref[gram])
