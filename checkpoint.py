@@ -122,7 +122,9 @@ def read_state_dict(files: list[Path], n_layer: int, dtype: torch.dtype) -> tupl
             if not t.is_floating_point():
                 raise CheckpointError(f"{file}: tensor '{key}' is {t.dtype}, not floating point (a quantized "
                                       f"checkpoint?); this loader reads float weights. Re-export it in float32.")
-            if not torch.isfinite(t).all():
+            # One NaN or Inf makes the sum non-finite, and a sum streams the mapped bytes without a copy (isfinite(t)
+            # would allocate a bool tensor as large); only a non-finite sum (or an overflow) looks element by element.
+            if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
                 raise CheckpointError(f"{file}: tensor '{key}' holds NaN or Inf; refusing to load it. Re-download "
                                       f"or re-export the checkpoint.")
             stored.add(t.dtype)
