@@ -13,7 +13,8 @@ outputs are the same tokens.
   forced  random gpt2-shape weights, 10 random prompts, exactly 32 new tokens each (min = max new tokens): both
           sides do equal work, so this is the cost of a step alone.
   tasks   many tasks on one backbone: 4 prefixes × --tasks-requests requests on the e2e weights (prefixes: the
-          model's own keys/values of 4 short texts), one stream mixing tasks against one stream per task (ours).
+          model's own keys/values of 4 short texts), one stream mixing tasks against one stream per task (ours),
+          each side loading the backbone as it would deployed (once; once per task). On CUDA, peak memory too.
     python bench/bench_beam.py                                      # every row
     python bench/bench_beam.py --only e2e --prompts 40 --repeats 1  # a quick check
 """
@@ -80,7 +81,9 @@ def theirs(ref, prompts: list[list[int]], cfg: BeamConfig, batch_size: int) -> l
 
 
 def compare(name: str, what: str, a, b, ref_name: str, target: str, n_prompts: int) -> dict:
-    """Print one row from the best timed runs of each side, a and b (lists of `timed` results)."""
+    """Print one row from the best timed runs of each side, a and b (lists of `timed` results, run in pairs), and
+    the spread: each pair's own ratio."""
+    ratios = sorted(y[0] / x[0] for x, y in zip(a, b))
     (t_a, cpu_a, tok_a), (t_b, cpu_b, tok_b) = min(a), min(b)
     n, same = sum(map(len, tok_a)), sum(x == y for x, y in zip(tok_a, tok_b))
     print(f"\n{name}: {what}")
@@ -88,8 +91,17 @@ def compare(name: str, what: str, a, b, ref_name: str, target: str, n_prompts: i
     print(f"  {ref_name:<22} {t_b:8.2f} s  {n / t_b:7.1f} output tokens/s   ({cpu_b:.1f} CPU s)")
     print(f"  {'ratio':<22} {t_b / t_a:8.2f}x  identical outputs: {same}/{n_prompts}, output lengths "
           f"{min(map(len, tok_a))}-{max(map(len, tok_a))} (mean {n / n_prompts:.1f})")
+    print(f"  {'ratio of each run':<22} " + " ".join(f"{r:.2f}x" for r in ratios))
     return dict(bench=name, what=what, ours=n / t_a, reference=n / t_b, ref_name=ref_name, ratio=t_b / t_a,
-                target=target)
+                spread=[ratios[0], ratios[-1]], target=target)
+
+
+def peak(fn, *args) -> tuple[object, float]:
+    """fn(*args) and the CUDA allocator's peak during it, GiB (0 on the CPU: one process's RSS can't be split)."""
+    if not torch.cuda.is_available():
+        return fn(*args), 0.0
+    torch.cuda.reset_peak_memory_stats()
+    return fn(*args), torch.cuda.max_memory_allocated() / 2**30
 
 
 def random_prompts(n: int, lo: int, hi: int, seed: int) -> list[list[int]]:
@@ -141,18 +153,27 @@ def main(argv: list[str] | None = None) -> None:
         prompts = [data.prompt_ids(tok, s) for s in sources[:n * len(pasts)]]
         task = [i % len(pasts) for i in range(len(prompts))]  # requests arrive interleaved
 
+        def load() -> GPT:  # each side loads the backbone as a deployment would: once, or once per task
+            return GPT.from_pretrained(folder).to(args.device)
+
+        def one_stream() -> list[list[int]]:
+            return ours(load(), prompts, cfg, args.batch_size, past_kv=stacked, past_mask=key_mask, past_rows=task)
+
         def per_task() -> list[list[int]]:
             out = [None] * len(prompts)
             for u, past in enumerate(pasts):
                 mine = [i for i in range(len(prompts)) if task[i] == u]
-                for i, tokens in zip(mine, ours(model, [prompts[i] for i in mine], cfg, args.batch_size, past_kv=past)):
+                for i, tokens in zip(mine, ours(load(), [prompts[i] for i in mine], cfg, args.batch_size, past_kv=past)):
                     out[i] = tokens
             return out
-        runs = [(timed(ours, model, prompts, cfg, args.batch_size, past_kv=stacked, past_mask=key_mask,
-                       past_rows=task), timed(per_task)) for _ in range(args.repeats)]
+
+        runs = [(peak(timed, one_stream), peak(timed, per_task)) for _ in range(args.repeats)]
         rows.append(compare("many tasks, one stream", f"output tokens/s, {len(pasts)} prefixes × {n} E2E requests, "
-                            f"K=5, batch {args.batch_size}, gpt2 shape, {where}", [r[0] for r in runs], [r[1] for r in runs],
-                            "one run per task", "> 1x", len(prompts)))
+                            f"K=5, batch {args.batch_size}, gpt2 shape, {where}", [r[0][0] for r in runs],
+                            [r[1][0] for r in runs], "one run per task", "> 1x", len(prompts)))
+        if args.device.startswith("cuda"):
+            print(f"  peak CUDA memory: one stream {max(r[0][1] for r in runs):.2f} GiB, one run per task "
+                  f"{max(r[1][1] for r in runs):.2f} GiB (the backbone loaded for the other rows included)")
     if "forced" in args.only:
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tmp:

@@ -166,7 +166,7 @@ def peak_memory(tuner: str) -> dict:
     torch.manual_seed(0)
     with torch.device("meta"):  # then allocate once: GPT(config) on the CPU leaves init temporaries in the peak
         model = GPT(GPTConfig(**MEDIUM))
-    model = model.to_empty(device=DEVICE).to(DTYPE)
+    model = model.to(DTYPE).to_empty(device=DEVICE)  # in DTYPE from the start: no float32 copy in the peak
     model.tie_weights()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
@@ -198,6 +198,7 @@ def peak_rss_gib() -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global DEVICE, DTYPE, B, T  # where and at what size both sides run
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=6, help="timed steps per side (median reported)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
@@ -205,12 +206,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="peak fp32 GFLOP/s for MFU (default: 2 cores × 2.6 GHz × 64 FLOP/cycle: two AVX-512 FMAs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda, both sides")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="both sides")
+    p.add_argument("--batch-size", type=int, default=B, help="B, sequences per step (the recipe's: 10)")
+    p.add_argument("--seq-len", type=int, default=T, help="T, tokens per sequence (E2E-like: 64)")
     p.add_argument("--shape", choices=("gpt2", "gpt2-medium"), default="gpt2", help="the timed steps' model shape")
     p.add_argument("--memory", choices=("prefix", "fine"), help=argparse.SUPPRESS)  # the child process's job
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    global DEVICE, DTYPE
-    DEVICE, DTYPE = torch.device(args.device), getattr(torch, args.dtype)
+    DEVICE, DTYPE, B, T = torch.device(args.device), getattr(torch, args.dtype), args.batch_size, args.seq_len
     where = f"{args.dtype} on {torch.cuda.get_device_name() if DEVICE.type == 'cuda' else 'CPU'}"
     if args.memory:
         print(json.dumps(peak_memory(args.memory)))
@@ -241,15 +243,16 @@ def main(argv: list[str] | None = None) -> None:
                                               ours=B * T / t_ours, reference=B * T / t_theirs, ref_name=name,
                                               ratio=t_theirs / t_ours, target=TARGET[tuner])))
     mem = {t: json.loads(subprocess.run([sys.executable, __file__, "--memory", t, "--threads", str(args.threads),
-                                         "--device", args.device, "--dtype", args.dtype],
+                                         "--device", args.device, "--dtype", args.dtype,
+                                         "--batch-size", str(B), "--seq-len", str(T)],
                                         capture_output=True, text=True, check=True).stdout) for t in ("prefix", "fine")}
     measure = "CUDA allocator peak" if DEVICE.type == "cuda" else "peak RSS of its own process (VmHWM)"
-    print(f"gpt2-medium shape, {where}, one step, {measure} (after building the model in brackets):")
+    print(f"gpt2-medium shape, B={B}, T={T}, {where}, one step, {measure} (after building the model in brackets):")
     for t, m in mem.items():
         print(f"  {t:6s} {m['peak_gib']:6.2f} GiB  (model {m['model_gib']:.2f} GiB, step adds {m['peak_gib'] - m['model_gib']:.2f})")
     print(f"  prefix / fine peak: {mem['prefix']['peak_gib'] / mem['fine']['peak_gib']:.2f}x; "
           f"above the model: {(mem['prefix']['peak_gib'] - mem['prefix']['model_gib']) / (mem['fine']['peak_gib'] - mem['fine']['model_gib']):.2f}x")
-    print("RESULT " + json.dumps(dict(bench="train step memory", what=f"peak {'CUDA memory' if DEVICE.type == 'cuda' else 'RSS'} GiB, gpt2-medium shape, {where} (ratio: prefix / fine)",
+    print("RESULT " + json.dumps(dict(bench="train step memory", what=f"peak {'CUDA memory' if DEVICE.type == 'cuda' else 'RSS'} GiB, gpt2-medium shape, B={B}, T={T}, {where} (ratio: prefix / fine)",
                                       ours=mem["prefix"]["peak_gib"], reference=mem["fine"]["peak_gib"],
                                       ref_name="our fine-tune step", ratio=mem["prefix"]["peak_gib"] / mem["fine"]["peak_gib"],
                                       target="<= 0.5x")))
