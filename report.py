@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch only where a device is asked about: eval/ shows progress() and never loads torch
+    import torch
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ class Meter:
         row = dict(step=step, loss=loss, tok_loss=tok_loss, lr=lr,
                    tok_per_s=self.tokens * self.world / (now - self.t_log), elapsed_s=now - self.t0)
         if device.type == "cuda":  # the paper's table reports memory; this is the GPU's high-water mark
+            import torch
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         self.tokens, self.t_log = 0, now
         return row
@@ -52,6 +54,7 @@ def peak_tflops(device: torch.device, given: float) -> float:
     """The peak MFU is measured against: the user's, else the GPU's if known, else 0 (unknown: no MFU shown)."""
     if given or device.type != "cuda":
         return given
+    import torch
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from pycocoevalcap.meteor import meteor as coco_meteor
 from pycocoevalcap.tokenizer import ptbtokenizer
 
+from report import progress
+
 from .files import EvalError
 
 
@@ -51,8 +53,9 @@ class Meteor:
 
     def score(self, refs: list[list[str]], outputs: list[str]) -> float:
         """Corpus METEOR: the jar's EVAL over every MR's SCORE statistics (not a mean of sentence scores)."""
+        # The slowest metric, one MR at a time: its bar (a terminal only) is the scoring's progress and ETA.
         stats = [self._ask(" ||| ".join(("SCORE", *group, out.replace("|||", "").replace("  ", " "))))
-                 for group, out in zip(refs, outputs)]
+                 for group, out in progress(zip(refs, outputs), len(outputs), "MR METEOR")]
         return float(self._ask("EVAL ||| " + " ||| ".join(stats), answers=len(stats) + 1))  # per MR, then all
 
     def _ask(self, line: str, answers: int = 1) -> str:

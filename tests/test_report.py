@@ -51,3 +51,18 @@ def test_plot_keeps_its_labels_inside(monkeypatch, tmp_path):
     for text, box, (width, height) in boxes:
         assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text
     assert matplotlib.get_backend().lower() == "agg"  # headless: plots work on a machine with no display
+
+
+def test_scoring_shows_its_progress(monkeypatch):
+    """Scoring's bar: METEOR, the slowest metric, counts the MRs on a terminal (its jar is stood in for here: the
+    bar, not METEOR, is under test; tests/test_eval.py checks the scores)."""
+    pytest.importorskip("tqdm")
+    from eval.java import Meteor
+
+    meteor = Meteor.__new__(Meteor)  # no JVM
+    asked = []
+    monkeypatch.setattr(meteor, "_ask", lambda line, answers=1: asked.append(line) or "0.5")
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    assert meteor.score([["a b", "a c"]] * 9, ["a b"] * 9) == 0.5
+    assert len(asked) == 10 and "9/9" in err.getvalue() and "MR METEOR" in err.getvalue()
