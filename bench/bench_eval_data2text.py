@@ -14,11 +14,13 @@ It also needs perl and java. Then:
     python bench/bench_eval_data2text.py --official dart/evaluation --official-python off/bin/python
 
 One run scores every system's subsets all-cat (A), old-cat (S) and new-cat (U) on each side. Ours: the files beam.py
-writes (test.txt / test.refs.txt, .seen, .unseen; the outputs are the raw submission lines), each scored by one
-`python -m eval REFS OUT --task webnlg --json`. Official: in a scratch copy of webnlg-automatic-evaluation/,
-`python evaluation.py SYS`, then per subset the commands of bleu_eval_3ref.sh, meteor_eval.sh and ter_eval.sh
-(those scripts loop over 25 tracks; only the 3 subsets run here). The systems are the two real submissions in
-../shared/eval-cases/webnlg (expected-scores.json holds the scores the official pipeline printed for them).
+writes (test.txt / test.refs.txt, .seen, .unseen; the outputs are the raw submission lines), scored as a user would
+score them: one `python -m eval` call per system with its three pairs, S, U then A (one METEOR JVM; A's entries are
+S's and U's, so its METEOR statistics and TER come from the call's memo). Official: in a scratch copy of
+webnlg-automatic-evaluation/, `python evaluation.py SYS`, then per subset the commands of bleu_eval_3ref.sh,
+meteor_eval.sh and ter_eval.sh (those scripts loop over 25 tracks; only the 3 subsets run here). The systems are
+the two real submissions in ../shared/eval-cases/webnlg (expected-scores.json holds the scores the official pipeline
+printed for them).
 """
 import argparse
 import json
@@ -82,34 +84,12 @@ def write_ours(tmp: Path, system: str, lines: list[str], groups: list[str], refs
         (tmp / f"{system}.{stem}.refs.txt").write_text(groups_text, encoding="utf-8")
 
 
-def run_ours(tmp: Path, system: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Seconds per subset and the scores python -m eval printed."""
-    seconds, scores = {}, {}
-    for subset, (_, stem, _) in SUBSETS.items():
-        seconds[subset], out = timed([sys.executable, "-m", "eval", str(tmp / f"{system}.{stem}.refs.txt"),
-                                      str(tmp / f"{system}.{stem}.txt"), "--task", "webnlg", "--json"], ROOT)
-        scores[subset] = json.loads(out)
-    return seconds, scores
-
-
-ONE_PROCESS = """import json, sys
-from eval import read_outputs, read_refs
-from eval.data2text import score_data2text
-from eval.java import Meteor
-meteor = Meteor()
-pairs = zip(sys.argv[1::2], sys.argv[2::2])
-print(json.dumps([score_data2text(read_refs(r), read_outputs(o), "webnlg", meteor) for r, o in pairs]))
-meteor.close()
-"""
-
-
-def run_one_process(tmp: Path, system: str) -> tuple[float, dict[str, dict[str, float]]]:
-    """S, U, then A scored in one process that shares its METEOR JVM (eval's library API, not the CLI): the
-    paraphrase table is loaded once instead of three times."""
+def run_ours(tmp: Path, system: str) -> tuple[float, dict[str, dict[str, float]]]:
+    """Seconds of `python -m eval S.refs S U.refs U A.refs A --task webnlg --json`, and the scores it printed."""
     order = ("S", "U", "A")
     files = [str(tmp / f"{system}.{SUBSETS[s][1]}{suffix}") for s in order for suffix in (".refs.txt", ".txt")]
-    seconds, out = timed([sys.executable, "-c", ONE_PROCESS, *files], ROOT)
-    return seconds, dict(zip(order, json.loads(out)))
+    seconds, out = timed([sys.executable, "-m", "eval", *files, "--task", "webnlg", "--json"], ROOT)
+    return seconds, dict(zip(order, map(json.loads, out.splitlines())))
 
 
 def run_official(official: Path, work: Path, python: str, system: str) -> tuple[dict[str, float], dict[str, dict]]:
@@ -157,8 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--systems", nargs="+", default=["ADAPT_Centre", "GKB_Unimelb"],
                    help=f"submissions in {CASES}/submissions (SYSTEM.txt, 1,862 lines in Id order)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each, alternating; the fastest of each counts")
-    p.add_argument("--one-process", action="store_true",
-                   help="also time S, U, A in one process sharing METEOR's JVM (library API; printed, not a RESULT)")
     args = p.parse_args(argv)
     if not args.official:
         sys.exit("give --official (or $WEBNLG_EVAL): Yale-LILY/dart's evaluation/ folder, see this file's header")
@@ -178,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             if len(lines) != len(entries):
                 sys.exit(f"{path}: {len(lines)} lines, the test set has {len(entries)} entries")
             write_ours(tmp, system, lines, groups, refs)
-        ours_runs, official_runs, one_runs = [], [], []
+        ours_runs, official_runs = [], []
         for _ in range(args.repeats):  # alternating, so a busy spell on a shared machine hits both
             ours_run, official_run = {}, {}
             for system in args.systems:
@@ -187,8 +165,6 @@ def main(argv: list[str] | None = None) -> None:
             scratch_copy(official, work, submissions)
             for system in args.systems:
                 official_run[system] = run_official(official, work, args.official_python, system)
-            if args.one_process:
-                one_runs.append({system: run_one_process(tmp, system) for system in args.systems})
             ours_runs.append(ours_run)
             official_runs.append(official_run)
     equal = True
@@ -199,23 +175,18 @@ def main(argv: list[str] | None = None) -> None:
                 o, f = ours_runs[-1][system][1][subset][metric], official_runs[-1][system][1][subset][metric]
                 e = expected.get(system, {}).get(subset, {}).get(metric)
                 same = o == f and (e is None or o == e) and all(  # every run, not only the last, printed the same
-                    r[system][1][subset][metric] == o for r in ours_runs + official_runs + one_runs)
+                    r[system][1][subset][metric] == o for r in ours_runs + official_runs)
                 equal &= same
                 print(f"{system:<13} {subset:<6} {metric:<7} {o!r:>20} {f!r:>20} {e!r:>20}  {'yes' if same else 'NO'}")
-    ours_totals = [sum(sum(r[s][0].values()) for s in args.systems) for r in ours_runs]
+    ours_totals = [sum(r[s][0] for s in args.systems) for r in ours_runs]
     official_totals = [sum(sum(r[s][0].values()) for s in args.systems) for r in official_runs]
     best_ours, best_official = ours_runs[ours_totals.index(min(ours_totals))], official_runs[
         official_totals.index(min(official_totals))]
-    print("\nfastest run, seconds per part (summed over the systems):")
-    print("  ours:     " + ", ".join(f"{subset} {sum(best_ours[s][0][subset] for s in args.systems):.1f}"
-                                     for subset in SUBSETS))
+    print("\nfastest run, seconds per part (official: summed over the systems):")
+    print("  ours:     " + ", ".join(f"{s} (S, U, A in one call) {best_ours[s][0]:.1f}" for s in args.systems))
     print("  official: " + ", ".join(f"{step} {sum(best_official[s][0][step] for s in args.systems):.1f}"
                                      for step in ("preprocessing", "BLEU", "METEOR", "TER")))
     ours_s, official_s = min(ours_totals), min(official_totals)
-    if one_runs:
-        one_totals = [sum(r[s][0] for s in args.systems) for r in one_runs]
-        print(f"one process (S, U, A sharing METEOR's JVM; scores in the equality check above): runs (s) "
-              f"{[round(t, 1) for t in one_totals]}, official/one process = {official_s / min(one_totals):.2f}x")
     print(f"runs (s): ours {[round(t, 1) for t in ours_totals]}, official {[round(t, 1) for t in official_totals]}")
     print(f"fastest: ours {ours_s:.1f} s, official {official_s:.1f} s, official/ours = {official_s / ours_s:.2f}x; "
           f"scores {'equal' if equal else 'DIFFER'}")

@@ -3,12 +3,13 @@
     python -m eval ../shared/data/e2e/testset_w_refs.csv out/test.txt          # E2E: a table
     python -m eval ../shared/eval-cases/example-refs.txt outputs.txt --json    # one JSON object
     python -m eval out/test.seen.refs.txt out/test.seen.txt --task webnlg      # BLEU 0-100, METEOR, TER
+    python -m eval out/test.seen.refs.txt out/test.seen.txt out/test.refs.txt out/test.txt --task webnlg  # 2 pairs
 """
 import argparse
 import json
 import sys
 
-from . import TASK_METRICS, EvalError, score_files
+from . import TASK_METRICS, EvalError, score_files_many
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,18 +17,27 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("refs", help="references: the challenge CSV (mr,ref) or text, a blank line after each entry")
     p.add_argument("outputs", help="system outputs, one line per entry in the references' order (or beam.py's JSONL)")
+    p.add_argument("more", nargs="*", default=[], metavar="REFS OUTPUTS", help="more pairs, scored in the same call")
     p.add_argument("--task", choices=TASK_METRICS, default="e2e",
                    help="whose official scoring: e2e, webnlg, dart, or text (BLEU and ROUGE for your own task)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = p.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="print one JSON object (a line per pair) instead of a table")
+    args = p.parse_intermixed_args(argv)
+    paths = [args.refs, args.outputs, *args.more]
     try:
-        scores = score_files(args.refs, args.outputs, task=args.task)
+        if len(paths) % 2:
+            raise EvalError(f"{len(paths)} paths, so {paths[-1]} has no partner. Give references and outputs in "
+                            f"pairs: REFS OUTPUTS [REFS OUTPUTS ...].")
+        pairs = list(zip(paths[::2], paths[1::2]))
+        all_scores = score_files_many(pairs, task=args.task)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(scores))
-    else:
+    for (_, outputs), scores in zip(pairs, all_scores):
+        if args.json:
+            print(json.dumps(scores))
+            continue
+        if len(pairs) > 1:  # one pair prints the bare table, as it always has
+            print(f"==> {outputs} <==")
         for name in TASK_METRICS[args.task]:
             digits = 2 if name == "BLEU" and args.task in ("webnlg", "dart") else 4  # multi-bleu.perl prints 2
             print(f"{name:<8}{scores[name]:.{digits}f}")

@@ -14,6 +14,7 @@ BLEU is then multi-bleu.perl's (0-100, 2 decimals), METEOR is METEOR 1.5 with th
 """
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from unidecode import unidecode
 
@@ -23,6 +24,14 @@ from .multi_bleu import multi_bleu
 from .ter import ter
 
 N_REFS = 3  # the official reference files hold the first 3 references of each entry
+
+
+@dataclass
+class Memo:
+    """What one call scoring several pairs computes once per distinct entry (WebNLG's all is seen + unseen):
+    METEOR's statistics per SCORE line, TER's edits per (output, reference) words. It lives for that call."""
+    meteor: dict[str, str] = field(default_factory=dict)
+    ter: dict[tuple, int] = field(default_factory=dict)
 
 
 def split_words(text: str) -> str:
@@ -39,18 +48,19 @@ def normalize(text: str, task: str, reference: bool) -> str:
     return split_words(unidecode(unidecode(text).lower()))
 
 
-def score_data2text(refs: list[list[str]], outputs: list[str], task: str,
-                    meteor: Meteor | None = None) -> dict[str, float]:
-    """BLEU (0-100), METEOR and TER (0-1) of raw outputs[i] against raw refs[i]; `meteor` may be shared."""
+def score_data2text(refs: list[list[str]], outputs: list[str], task: str, meteor: Meteor | None = None,
+                    memo: Memo | None = None) -> dict[str, float]:
+    """BLEU (0-100), METEOR and TER (0-1) of raw outputs[i] against raw refs[i]; `meteor`, `memo` may be shared."""
+    memo = memo or Memo()
     check_pairs(refs, outputs)
     refs = [[normalize(r, task, reference=True) for r in group[:N_REFS]] for group in refs]
     outputs = [normalize(o, task, reference=False) for o in outputs]
     running = meteor or Meteor()  # its JVM loads the paraphrase table while BLEU and TER run
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
-            meteor_score = pool.submit(running.score, refs, outputs)
+            meteor_score = pool.submit(running.score, refs, outputs, memo.meteor)
             bleu = multi_bleu([group + [""] * (N_REFS - len(group)) for group in refs], outputs)
-            ter_score = ter(refs, outputs)
+            ter_score = ter(refs, outputs, memo.ter)
             return {"BLEU": bleu, "METEOR": meteor_score.result(), "TER": ter_score}
     finally:
         if meteor is None:

@@ -51,11 +51,15 @@ class Meteor:
         self.proc = subprocess.Popen(cmd, cwd=Path(coco_meteor.__file__).parent, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
-    def score(self, refs: list[list[str]], outputs: list[str]) -> float:
-        """Corpus METEOR: the jar's EVAL over every MR's SCORE statistics (not a mean of sentence scores)."""
+    def score(self, refs: list[list[str]], outputs: list[str], memo: dict[str, str] | None = None) -> float:
+        """Corpus METEOR: the jar's EVAL over every MR's SCORE statistics (not a mean of sentence scores); `memo`
+        (SCORE line -> its statistics) is read and filled, so a call scoring several pairs asks once per entry."""
+        memo = {} if memo is None else memo
+        lines = [" ||| ".join(("SCORE", *group, out.replace("|||", "").replace("  ", " ")))
+                 for group, out in zip(refs, outputs)]
         # The slowest metric, one MR at a time: its bar (a terminal only) is the scoring's progress and ETA.
-        stats = [self._ask(" ||| ".join(("SCORE", *group, out.replace("|||", "").replace("  ", " "))))
-                 for group, out in progress(zip(refs, outputs), len(outputs), "MR METEOR")]
+        stats = [memo.get(line) or self._ask(line) for line in progress(lines, len(lines), "MR METEOR")]
+        memo.update(zip(lines, stats))
         return float(self._ask("EVAL ||| " + " ||| ".join(stats), answers=len(stats) + 1))  # per MR, then all
 
     def _ask(self, line: str, answers: int = 1) -> str:

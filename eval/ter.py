@@ -200,14 +200,17 @@ def shift_edits(hyps: list[tuple], refs: list[tuple]) -> list[int]:
     return [e + n for e, n in zip(edits, n_shifts)]
 
 
-def ter(refs: list[list[str]], hyps: list[str]) -> float:
+def ter(refs: list[list[str]], hyps: list[str], searched: dict[tuple, int] | None = None) -> float:
     """Corpus TER: summed edits to each closest reference over summed average reference lengths (tercom's
-    score_all_refs and "Total TER"). An empty side is all insertions or all deletions (TERnullstr)."""
+    score_all_refs and "Total TER"). An empty side is all insertions or all deletions (TERnullstr).
+    `searched` ((hyp, ref) words -> edits) is read and filled: a call scoring several pairs searches each once."""
+    searched = {} if searched is None else searched
     tokens = [[tuple(text.lower().split()) for text in [hyp, *group]] for hyp, group in zip(hyps, refs)]
-    pairs = list(dict.fromkeys((hyp, ref) for hyp, *group in tokens for ref in group if hyp and ref))
+    pairs = list(dict.fromkeys((hyp, ref) for hyp, *group in tokens for ref in group
+                               if hyp and ref and (hyp, ref) not in searched))
     vocab: dict[str, int] = {}
     ids = [[tuple(vocab.setdefault(w, len(vocab)) for w in words) for words in pair] for pair in pairs]
-    searched = dict(zip(pairs, shift_edits([hyp for hyp, _ in ids], [ref for _, ref in ids])))
+    searched.update(zip(pairs, shift_edits([hyp for hyp, _ in ids], [ref for _, ref in ids])))
     edits = words = 0.0
     for hyp, *group in tokens:
         best = min(searched[hyp, ref] if hyp and ref else len(hyp) + len(ref) for ref in group)
