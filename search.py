@@ -218,7 +218,8 @@ def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastK
     beam_scores = torch.zeros(0, K, device=dev)                              # (n, K)
     logits = torch.zeros(0, model.config.vocab_size, device=dev)             # (n·K, V) each row's next token
     while waiting or slots:
-        if waiting and len(slots) < nb:  # prompts join the free slots, read in one forward of their own
+        joined = bool(waiting) and len(slots) < nb
+        if joined:  # prompts join the free slots, read in one forward of their own
             new = [waiting.popleft() for _ in range(min(nb - len(slots), len(waiting)))]
             kv, mask, idx, first_logits = prefill(model, [prompts[i] for i in new], past_kv, past_mask,
                                                   [past_rows[i] for i in new])
@@ -263,8 +264,12 @@ def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastK
             logits = model(rows.toks[:R, c:c + 1], past_kv=kv, attention_mask=rows.mask[:R, :c + 1],
                            last_only=True, write_at=c).logits[:, -1]          # (R, V)
         rows.c += 1
-        d = rows.compact(R, keep=width)
-        start = [s - d for s in start]
+        # compact shifts by min(first column any row reads, c - width) once that reaches SLACK. The first moves
+        # only when a prompt joins or leaves (a reorder stays within a prompt's beams, which share its columns) and
+        # c - width grows by one a step, so the per-step scan of the key mask is needed only at those steps.
+        if joined or any(done) or rows.c in (width + SLACK, rows.mask.size(1)):
+            d = rows.compact(R, keep=width)
+            start = [s - d for s in start]
 
 
 def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
