@@ -28,9 +28,11 @@ import torch
 import reproduce  # first: it puts the repository on sys.path; every step goes through its run()
 from reproduce import METRICS, ROOT, one_run, plot, table, write_results
 from tasks import ReproError
-from data import read_rows
+from data import example, read_rows
 from datafiles import DART_FILE
 from model import GPT, GPTConfig, flops_per_token, named_shape
+from tokenizer import load_tokenizer
+from tuner import FineTuner, evaluate
 
 DATA = ROOT.parent / "shared" / "data"
 TUNERS = ("prefix", "embedding", "adapter", "fine-top2", "fine")
@@ -44,7 +46,7 @@ QUICK = dict(bases=["1x64", "2x128"], base_steps=40, base_eval=10, base_valid=10
 # prefix's usual multiple of fine-tuning's rate, at a level where a few dozen steps move a small model.
 LR = {"prefix": 3e-3, "embedding": 3e-3, "adapter": 1e-3, "fine-top2": 1e-3, "fine": 1e-3}
 BASE_FLAGS = ["--tuner", "fine", "--batch-size", "16", "--lr", "1e-3", "--early-stop", "3", "--seed", "0"]
-VALID_TEXTS, BATCH, MAX_NEW = 400, 8, 60  # held-out base texts; E2E batch; new tokens (references: 27 on average)
+VALID_TEXTS, BATCH, MAX_NEW, E2E_NLL_ROWS = 400, 8, 60, 500  # held-out base texts; E2E batch; new tokens (references: 27 on average)
 # For the ETA: mean tokens of a base text and of an E2E example (prompt + target); decoding an MR costs ~1.5
 # examples' forward (outputs up to 60 tokens); each E2E run starts three processes and two JVMs (~25 s).
 TEXT_TOKENS, E2E_TOKENS, DECODE_FACTOR, RUN_OVERHEAD_S = 31, 60, 1.5, 25.0
@@ -65,6 +67,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--sizes", type=int, nargs="*", help=f"low-data training set sizes (full: {FULL['sizes']})")
     s.add_argument("--tuners", nargs="+", choices=TUNERS, default=list(TUNERS), help="tuners on each base")
     s.add_argument("--beams", type=int, default=1, help="K of the decoding beam; the recipe's 5 costs ~2x the time")
+    s.add_argument("--with-e2e-text", action="store_true",
+                   help="add E2E dev's references, text alone (no MRs), to the bases' texts: bases that know E2E's "
+                        "English but not the task. Give it its own --work")
     s.set_defaults(seeds=None, limit=None, data_dir=str(DATA / "e2e"), train_split="dev")
 
 
@@ -83,9 +88,10 @@ def settings(a: argparse.Namespace) -> argparse.Namespace:
 
 # --- the bases: text without E2E, pretrained until the validation loss levels off -----------------------------
 
-def base_texts(seed: int = 0) -> tuple[list[str], list[str]]:
+def base_texts(seed: int = 0, e2e_text: bool = False) -> tuple[list[str], list[str]]:
     """WebNLG train lexicalisations + DART dev annotations, each text once, shuffled; (train, held-out). DART
-    gathers E2E too (4,290 of its dev annotations say "source": "e2e", E2E's own references): those are left out."""
+    gathers E2E too (4,290 of its dev annotations say "source": "e2e", E2E's own references): those are left out.
+    With e2e_text, E2E dev's references join them as plain text: the MRs, and every test text, stay unseen."""
     path = DATA / "dart" / f"{DART_FILE.format(split='dev')}.json"
     try:
         dart = [note["text"] for entry in json.loads(path.read_text()) for note in entry["annotations"]
@@ -93,14 +99,15 @@ def base_texts(seed: int = 0) -> tuple[list[str], list[str]]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ReproError(f"{path}: cannot read DART's dev annotations ({e}); ../shared/data/dart holds them.") from None
     webnlg = [row.target for row in read_rows(str(DATA / "webnlg"), "train")]
-    texts = sorted({t.strip() for t in webnlg + dart})
+    e2e = [row.target for row in read_rows(str(DATA / "e2e"), "dev")] if e2e_text else []
+    texts = sorted({t.strip() for t in webnlg + dart + e2e})
     random.Random(seed).shuffle(texts)
     return texts[VALID_TEXTS:], texts[:VALID_TEXTS]
 
 
-def write_base_data(folder: Path) -> int:
+def write_base_data(folder: Path, e2e_text: bool) -> int:
     """train.jsonl and valid.jsonl of {"text": ...} rows (train.py trains on every token); returns the train count."""
-    train, valid = base_texts()
+    train, valid = base_texts(e2e_text=e2e_text)
     folder.mkdir(parents=True, exist_ok=True)
     for name, texts in (("train", train), ("valid", valid)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -113,14 +120,21 @@ def train_base(shape: str, a: argparse.Namespace) -> dict:
     if a.force and out.exists():
         shutil.rmtree(out)
     if (out / "facts.json").is_file():
-        facts = dict(json.loads((out / "facts.json").read_text()), path=str(out / "best"))
+        facts = json.loads((out / "facts.json").read_text())
+        if facts.get("e2e_text", False) != a.with_e2e_text:
+            raise ReproError(f"{out} was trained {'with' if facts.get('e2e_text') else 'without'} E2E dev's text; "
+                             f"give this run another --work (or --force to retrain everything there).")
+        if "e2e_nll" not in facts:  # a base cached before this measure existed
+            facts["e2e_nll"] = e2e_nll(out / "best")
+            (out / "facts.json").write_text(json.dumps(facts))
         print(f"reusing the trained base {out}: {facts['steps']} steps, best validation NLL {facts['best_val']:.3f} "
               f"(--force retrains it)")
-        return facts
+        return dict(facts, path=str(out / "best"))
     if a.force or not (data / "train.jsonl").is_file():
-        n = write_base_data(data)
-        print(f"wrote {n:,} base texts (WebNLG train, DART dev but its E2E part) to {data}/train.jsonl, "
-              f"{VALID_TEXTS} more to valid.jsonl")
+        n = write_base_data(data, a.with_e2e_text)
+        print(f"wrote {n:,} base texts (WebNLG train, DART dev but its E2E part"
+              f"{', E2E dev references' if a.with_e2e_text else ''}) to {data}/train.jsonl, {VALID_TEXTS} more to "
+              f"valid.jsonl")
     out.mkdir(parents=True, exist_ok=True)
     seconds, _ = reproduce.run([sys.executable, "train.py", *BASE_FLAGS, "--init-from", f"random:{shape}",
                                 "--data-dir", str(data), "--train-split", "train", "--valid-split", "valid",
@@ -134,9 +148,19 @@ def train_base(shape: str, a: argparse.Namespace) -> dict:
     model = GPT(GPTConfig(**named_shape(shape)))
     facts = dict(base=shape, steps=rows[-1]["step"], early=rows[-1]["step"] < a.base_steps,
                  vals=vals, best_val=min(vals), train_s=seconds, params=sum(p.numel() for p in model.parameters()),
-                 blocks=sum(p.numel() for n, p in model.named_parameters() if ".h." in n))
+                 blocks=sum(p.numel() for n, p in model.named_parameters() if ".h." in n),
+                 e2e_text=a.with_e2e_text, e2e_nll=e2e_nll(out / "best"))
     (out / "facts.json").write_text(json.dumps(facts))
     return dict(facts, path=str(out / "best"))
+
+
+def e2e_nll(path: Path) -> float:
+    """A base's NLL per token of E2E test references after their MR, untuned: how much of E2E's English it already
+    knows. A frozen base lends prefix-tuning only what it knows (§4: the prefix steers, it does not teach words);
+    fine-tuning can learn the rest. The first E2E_NLL_ROWS (MR, reference) rows, in the E2E template."""
+    model, tok = GPT.from_pretrained(path), load_tokenizer(path)
+    examples = [example(tok, row, []) for row in read_rows(str(DATA / "e2e"), "test")[:E2E_NLL_ROWS]]
+    return evaluate(FineTuner(model), examples, 25, tok.eot_token, torch.device("cpu"), 1, False)
 
 
 def cached_base(work: Path) -> str | None:
@@ -206,7 +230,8 @@ def print_plan(a: argparse.Namespace, runs: list[dict]) -> None:
     todo = [j for j in runs if a.force or not (a.work / j["name"] / "test.txt").is_file()]
     flops = measured_flops(a.bases[0])
     print(f"mini{' --quick' if a.quick else ''}: bases {', '.join(a.bases)} pretrained on WebNLG train + DART dev "
-          f"texts but E2E's (at most {a.base_steps} steps of 16, early stop); on E2E dev, {a.steps} steps of {BATCH} "
+          f"texts {'and E2E dev references as text' if a.with_e2e_text else 'but E2E'}'s (at most {a.base_steps} steps "
+          f"of 16, early stop); on E2E dev, {a.steps} steps of {BATCH} "
           f"per run: {', '.join(a.tuners)} on each base, prefix and fine on random bases, low-data {a.sizes} on "
           f"{a.bases[0]}; seeds {a.seeds}; {a.limit or 630} test MRs, beam {a.beams}. {len(runs)} E2E runs.")
     print(f"to do: {len(todo_bases)} of {len(a.bases)} bases, {len(todo)} of {len(runs)} runs (the rest is cached; "
@@ -260,12 +285,14 @@ def report(a: argparse.Namespace, bases: dict[str, dict], rows: list[dict]) -> s
            f"E2E test, first {mrs} MRs, decoded with beam {a.beams}. Each run: {a.steps} steps of {BATCH}, so "
            f"{a.steps * BATCH} examples drawn from E2E dev or its low-data subset. Mean ± sd over {s} seed(s) "
            f"{a.seeds}; BLEU etc. on the official scorer's scale (0-1).", "",
-           "## The bases: GPT-2 shapes pretrained here on WebNLG train + DART dev texts, E2E's left out", "",
-           "| base | parameters | in blocks | steps (texts) | stopped by | validation NLL, first → best | minutes |",
-           "|---|---|---|---|---|---|---|"]
+           "## The bases: GPT-2 shapes pretrained here on WebNLG train + DART dev texts, " +
+           ("and E2E dev's references as plain text (no MRs)" if a.with_e2e_text else "E2E's left out"), "",
+           "| base | parameters | in blocks | steps (texts) | stopped by | validation NLL, first → best | "
+           f"E2E test NLL, untuned ({E2E_NLL_ROWS} refs) | minutes |", "|---|---|---|---|---|---|---|---|"]
     for b, f in bases.items():
         out.append(f"| {b} | {f['params'] / 1e6:.2f}M | {f['blocks'] / 1e6:.2f}M | {f['steps']} ({16 * f['steps']:,}) "
-                   f"| {stopped_by(f)} | {f['vals'][0]:.3f} → {f['best_val']:.3f} | {f['train_s'] / 60:.1f} |")
+                   f"| {stopped_by(f)} | {f['vals'][0]:.3f} → {f['best_val']:.3f} | {f['e2e_nll']:.3f} "
+                   f"| {f['train_s'] / 60:.1f} |")
     out += ["", "## E2E test per base and method", "",
             "| base | method | " + " | ".join(METRICS) + " | trained % | paper BLEU (345M) |",
             "|---|---|" + "---|" * (len(METRICS) + 2)]

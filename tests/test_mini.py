@@ -94,6 +94,47 @@ def test_base_texts_hold_no_e2e(mini_run):
     assert len(names) == 18 and not [t for t in texts if any(n in t for n in names)]
 
 
+def test_base_e2e_nll_matches_transformers(mini_run):
+    """The untuned base's NLL on E2E test references (the bases table's column) is transformers' loss on the same
+    tokens: GPT2LMHeadModel on each (MR, reference) in the template, the MR masked out, summed over target tokens."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from data import example, read_rows
+    from tokenizer import load_tokenizer
+    tmp, _ = mini_run
+    base = tmp / "runs" / "mini" / "base-1x64"
+    facts = json.loads((base / "facts.json").read_text())
+    ref, tok = GPT2LMHeadModel.from_pretrained(base / "best").eval(), load_tokenizer(base / "best")
+    total = count = 0.0
+    for row in read_rows(str(E2E_DIR), "test")[:mini.E2E_NLL_ROWS]:
+        idx, targets, _ = example(tok, row, [])
+        # transformers shifts the labels itself (position t predicts label t+1): the whole text, labels one behind
+        ids, labels = torch.tensor([idx + targets[-1:]]), torch.tensor([[-100] + targets])
+        labels[labels < 0] = -100
+        with torch.no_grad():
+            loss = ref(ids, labels=labels).loss
+        n = (labels != -100).sum().item()
+        total, count = total + loss.item() * n, count + n
+    assert facts["e2e_nll"] == pytest.approx(total / count, rel=1e-5)
+    assert f"| {facts['e2e_nll']:.3f} |" in (tmp / "results" / "mini.md").read_text()
+    assert facts["e2e_text"] is False
+
+
+def test_with_e2e_text_adds_dev_references_only(mini_run):
+    """--with-e2e-text: E2E dev's references join the bases' texts, as text; no test reference does, and a work
+    folder whose bases were trained otherwise is refused, not silently reused."""
+    without, with_e2e = (set(sum(mini.base_texts(e2e_text=e), [])) for e in (False, True))
+    added = with_e2e - without
+    dev = {r.target.strip() for r in mini.read_rows(str(E2E_DIR), "dev")}
+    test = {r.target.strip() for r in mini.read_rows(str(E2E_DIR), "test")}
+    assert without < with_e2e and added <= dev and len(added) > 4000 and not added & (test - dev)
+    tmp, _ = mini_run
+    with pytest.raises(SystemExit, match="trained without E2E dev's text; give this run another --work"):
+        reproduce.main(["mini", *TINY, "--with-e2e-text", "--work", str(tmp / "runs" / "mini"),
+                        "--results", str(tmp / "results")])
+
+
 def test_smoke_uses_the_cached_base(mini_run, monkeypatch):
     """The README's first command picks up the small base `mini` trained beside it, and says so."""
     tmp, _ = mini_run
