@@ -230,7 +230,7 @@ def print_plan(a: argparse.Namespace, runs: list[dict]) -> None:
     todo = [j for j in runs if a.force or not (a.work / j["name"] / "test.txt").is_file()]
     flops = measured_flops(a.bases[0])
     print(f"mini{' --quick' if a.quick else ''}: bases {', '.join(a.bases)} pretrained on WebNLG train + DART dev "
-          f"texts {'and E2E dev references as text' if a.with_e2e_text else 'but E2E'}'s (at most {a.base_steps} steps "
+          f"texts {'and E2E dev' if a.with_e2e_text else 'but E2E'}'s references (at most {a.base_steps} steps "
           f"of 16, early stop); on E2E dev, {a.steps} steps of {BATCH} "
           f"per run: {', '.join(a.tuners)} on each base, prefix and fine on random bases, low-data {a.sizes} on "
           f"{a.bases[0]}; seeds {a.seeds}; {a.limit or 630} test MRs, beam {a.beams}. {len(runs)} E2E runs.")
@@ -351,12 +351,13 @@ def verdict(a: argparse.Namespace, rows: list[dict]) -> list[str]:
 def why(a: argparse.Namespace, bases: dict[str, dict]) -> str:
     big = max(bases.values(), key=lambda f: f["blocks"])
     texts = 16 * big["steps"]
+    e2e = ", E2E dev's references among them," if a.with_e2e_text else ""
     return f"""## Why the scales differ
 
 The paper's bases are GPT-2 medium and large (345M and 774M parameters, 300M+ in their blocks) pretrained on
 WebText (~40 GB); prefix-tuning works there because a frozen model that already writes fluent English only needs
 steering. Our largest base has {big['blocks'] / 1e6:.2f}M parameters in its blocks (most of the rest is the
-50,257-token embedding), saw {texts:,} short sentences about entities' attributes (~{texts * TEXT_TOKENS / 1e3:.0f}K
+50,257-token embedding), saw {texts:,} short sentences about entities' attributes{e2e} (~{texts * TEXT_TOKENS / 1e3:.0f}K
 tokens) and ended at a validation NLL of {big['best_val']:.2f} nats per token; each E2E run trains {a.steps} steps
 of {BATCH} instead of 5 epochs of 42K examples, on the dev set, at learning rates that were not searched, decoded
 with beam {a.beams} instead of 5. At this size a frozen base has little to steer, which is why we expected
