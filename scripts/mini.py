@@ -10,6 +10,8 @@ on each base, prefix and fine on a random base of the same shape, and low-data p
 seeds; every step is reproduce.py's one_run (train.py -> beam.py -> python -m eval), cached in its folder.
     python scripts/reproduce.py mini            # ~90 min on 2 idle cores: results/mini.md, mini.png, mini_lowdata.png
     python scripts/reproduce.py mini --quick    # ~10 min check: tiny bases, few steps, 20 test MRs, one seed
+    python scripts/reproduce.py mini --with-e2e-text --work runs/mini-e2etext   # bases that also read E2E dev's
+                                                # references as text: the English the task needs, but no MR
 """
 from __future__ import annotations
 
