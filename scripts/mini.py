@@ -48,7 +48,8 @@ QUICK = dict(bases=["1x64", "2x128"], base_steps=40, base_eval=10, base_valid=10
 # prefix's usual multiple of fine-tuning's rate, at a level where a few dozen steps move a small model.
 LR = {"prefix": 3e-3, "embedding": 3e-3, "adapter": 1e-3, "fine-top2": 1e-3, "fine": 1e-3}
 BASE_FLAGS = ["--tuner", "fine", "--batch-size", "16", "--lr", "1e-3", "--early-stop", "3", "--seed", "0"]
-VALID_TEXTS, BATCH, MAX_NEW, E2E_NLL_ROWS = 400, 8, 60, 500  # held-out base texts; E2E batch; new tokens (references: 27 on average)
+VALID_TEXTS, BATCH, MAX_NEW = 400, 8, 60  # held-out base texts; E2E batch; new tokens (references: 27 on average)
+E2E_NLL_ROWS = 500  # (MR, reference) test rows on which each base's untuned E2E NLL is measured
 # For the ETA: mean tokens of a base text and of an E2E example (prompt + target); decoding an MR costs ~1.5
 # examples' forward (outputs up to 60 tokens); each E2E run starts three processes and two JVMs (~25 s).
 TEXT_TOKENS, E2E_TOKENS, DECODE_FACTOR, RUN_OVERHEAD_S = 31, 60, 1.5, 25.0
@@ -353,14 +354,14 @@ def verdict(a: argparse.Namespace, rows: list[dict]) -> list[str]:
 def why(a: argparse.Namespace, bases: dict[str, dict]) -> str:
     big = max(bases.values(), key=lambda f: f["blocks"])
     texts = 16 * big["steps"]
-    e2e = ", E2E dev's references among them," if a.with_e2e_text else ""
+    e2e = ", E2E dev's references among them" if a.with_e2e_text else ""
     return f"""## Why the scales differ
 
 The paper's bases are GPT-2 medium and large (345M and 774M parameters, 300M+ in their blocks) pretrained on
 WebText (~40 GB); prefix-tuning works there because a frozen model that already writes fluent English only needs
 steering. Our largest base has {big['blocks'] / 1e6:.2f}M parameters in its blocks (most of the rest is the
-50,257-token embedding), saw {texts:,} short sentences about entities' attributes{e2e} (~{texts * TEXT_TOKENS / 1e3:.0f}K
-tokens) and ended at a validation NLL of {big['best_val']:.2f} nats per token; each E2E run trains {a.steps} steps
+50,257-token embedding), saw {texts:,} short sentences about entities' attributes{e2e}
+(~{texts * TEXT_TOKENS / 1e3:.0f}K tokens) and ended at a validation NLL of {big['best_val']:.2f} nats per token; each E2E run trains {a.steps} steps
 of {BATCH} instead of 5 epochs of 42K examples, on the dev set, at learning rates that were not searched, decoded
 with beam {a.beams} instead of 5. At this size a frozen base has little to steer, which is why we expected
 fine-tuning ahead; the random-base rows show how much of each number the pretraining gives. FT-top2 trains the top
