@@ -1,6 +1,6 @@
 """Table-to-text data as the paper trains on it (Li & Liang 2021, §5 "Experimental Setup", App. A.1): E2E,
-WebNLG 2017 and DART (datafiles.py reads them) in the authors' template, batched for train.py; beam.py and eval/
-read the entries.
+WebNLG 2017 and DART (files/datasets.py reads their files) in the authors' template, batched for train.py; beam.py
+decodes the entries and eval/ scores them.
     pairs = read_pairs("../shared/data/e2e", "dev")          # [(linearized MR, reference), ...]
     idx, targets = example_ids(tok, *pairs[0])                # one training example, targets shifted by one
     entries = read_entries("../shared/data/webnlg", "test")  # [Entry(source, refs, "seen"), ...]
@@ -13,15 +13,11 @@ import re
 import tiktoken
 import torch
 
-from datafiles import (DataError, Entry, Row, csv_pairs, dataset_of, jsonl_rows, linearize, read_text,  # noqa: F401
-                       read_triples, split_files, src1_pairs)
+from files.datasets import DataError, Entry, Row, csv_pairs, jsonl_rows, read_text, read_triples, split_files, src1_pairs
+from model import IGNORE
 
-IGNORE = -100  # F.cross_entropy's ignore_index: targets of the source and of the padding take no loss
 EOS = "<|endoftext|>"  # GPT-2's only special token, 50256: both the source/target separator and the end
 TEMPLATE = f" {{source}} {EOS} {{target}} {EOS}"  # the authors' (RECIPE.md §1); a run records it in args.json
-__all__ = ["IGNORE", "EOS", "TEMPLATE", "DataError", "Entry", "Row", "dataset_of", "linearize", "read_rows",
-           "read_pairs", "read_entries", "group_refs", "prompt_ids", "example_ids", "subset", "epoch_batches",
-           "collate", "task_labels", "example", "batch_of", "Batches"]
 
 
 def read_rows(data_dir: str, split: str) -> list[Row]:
@@ -63,7 +59,7 @@ def group_refs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-# --- the authors' template, low-data subsets, batches
+# --- the authors' template: prompts and examples in, text out; low-data subsets
 
 def prompt_ids(tok: tiktoken.Encoding, source: str) -> list[int]:
     """The recipe's prompt `" " + source + " " + EOS`: it ends (..., 220, 50256), a lone space then EOS. With no
@@ -83,6 +79,20 @@ def example_ids(tok: tiktoken.Encoding, source: str, target: str) -> tuple[list[
     ids = prompt + tok.encode(f" {target} {EOS}", allowed_special={EOS})
     targets = [IGNORE] * (len(prompt) - 1) + ids[len(prompt):]
     return ids[:-1], targets
+
+
+E2E_BANNED = (198, 628)  # "\n" and "\n\n": never generated, so an E2E output is one line (RECIPE.md §4)
+# transformers' clean_up_tokenization_spaces, applied in this order: the authors decode with it (RECIPE.md §4).
+CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+           (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def e2e_text(tok: tiktoken.Encoding, tokens: list[int]) -> str:
+    """RECIPE.md §4: decode, clean up tokenization spaces, cut at the first EOS, strip; empty -> "Error"."""
+    text = tok.decode(tokens)
+    for before, after in CLEANUP:
+        text = text.replace(before, after)
+    return text.split(EOS)[0].strip() or "Error"
 
 
 def subset(pairs: list[tuple[str, str]], limit: int, seed: int) -> list[tuple[str, str]]:

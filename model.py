@@ -3,8 +3,8 @@
 Prefix-tuning (Li & Liang 2021, §4) keeps this model frozen and learns only "virtual tokens": keys and
 values prepended to every attention layer. To the model such a prefix is simply a *past*, the same
 thing a KV cache is when decoding one token at a time, so this file never says "prefix": `forward`
-takes `past_kv`, places the new tokens after it, and lets SDPA attend over both. Reading and writing
-Hugging Face checkpoints is checkpoint.py's job; this file is the model alone.
+takes `past_kv`, places the new tokens after it, and lets SDPA attend over both. The bytes of Hugging
+Face checkpoints (files, shards, the hub) are files/checkpoint.py's job; this file is the model.
 
     model = GPT.from_pretrained("gpt2-medium")       # or a folder with config.json + model.safetensors
     logits, loss, present_kv = model(idx, past_kv=past_kv, targets=targets)
@@ -12,6 +12,7 @@ Hugging Face checkpoints is checkpoint.py's job; this file is the model alone.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -21,8 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from files.checkpoint import check_state_dict, read_config, read_state_dict, resolve, weight_files
+
 PastKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each (B or 1, H, P, D)
-IGNORE_INDEX = -100  # F.cross_entropy's ignore_index: targets with it (source, padding) are not predicted
+IGNORE = -100  # F.cross_entropy's ignore_index: targets with it (source, padding) are not predicted
+
+
+def past_len(past_kv: PastKV | None) -> int:
+    """P, the number of past slots every row attends to before its tokens (0 without a past)."""
+    return 0 if past_kv is None else past_kv[0][0].size(2)
 
 
 @dataclass
@@ -150,7 +158,7 @@ class Block(nn.Module):
 
 class GPTOutput(NamedTuple):
     logits: torch.Tensor                # (B, T, V); (B, 1, V) with last_only; (N, V) at the N targets
-    loss: torch.Tensor | None           # mean cross-entropy over targets != IGNORE_INDEX
+    loss: torch.Tensor | None           # mean cross-entropy over targets != IGNORE
     present_kv: PastKV | None           # with use_cache: per layer (k, v), each (B, H, S, D)
 
 
@@ -228,17 +236,32 @@ class GPT(nn.Module):
         # Only positions with a target need logits. The head (C × V) is the widest matmul, and an E2E
         # example's source half has no target (the loss covers the table's text only), so this skips
         # about half of the head's work and memory in training.
-        keep = targets != IGNORE_INDEX                                          # (B, T)
+        keep = targets != IGNORE                                          # (B, T)
         logits = self.lm_head(x[keep])                                          # (N, V)
         loss = F.cross_entropy(logits.float(), targets[keep])
         return GPTOutput(logits, loss, present_kv if use_cache else None)
 
     @classmethod
     def from_pretrained(cls, src: str | Path, dtype: torch.dtype | None = None) -> GPT:
-        """A folder, a .safetensors file or a hub name. Files on disk are checkpoint.py's concern; it is
-        imported here, at call time, so that this file reads as the model alone."""
-        from checkpoint import from_pretrained
-        return from_pretrained(src, dtype)
+        """A folder, a .safetensors file or a hub name, loaded without building a random model first. dtype None
+        means float32, the paper's precision: a checkpoint stored in another float type is cast, with a warning
+        that says so, never silently kept."""
+        folder = resolve(src)
+        config = read_config(folder, GPTConfig)
+        sd, stored = read_state_dict(weight_files(folder), config.n_layer, dtype or torch.float32)
+        if dtype is None and stored != {torch.float32}:
+            warnings.warn(f"{folder}: weights stored as {sorted(map(str, stored))}, loaded as float32 (ask for "
+                          f"dtype=torch.bfloat16 to keep bfloat16).", stacklevel=2)
+        with torch.device("meta"):  # shapes only: the checkpoint's tensors become the parameters
+            model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        if config.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+            sd.pop("lm_head.weight", None)  # a saved copy of the tied embedding
+        check_state_dict(sd, expected, folder)
+        model.load_state_dict(sd, strict=False, assign=True)  # strict=False: only the tied lm_head is absent
+        model.tie_weights()  # assign=True replaced wte.weight, so tie the head to the new tensor
+        return model.eval()
 
 
 def flops_per_token(c: GPTConfig, T: int, weights_learn: bool) -> float:
@@ -248,3 +271,10 @@ def flops_per_token(c: GPTConfig, T: int, weights_learn: bool) -> float:
     forward runs it at target tokens only, so on E2E the MFU shown is high by ~15% at the gpt2 shape."""
     N = c.n_layer * 12 * c.n_embd ** 2 + c.vocab_size * c.n_embd  # blocks + the tied output head
     return (3 if weights_learn else 2) * 2 * N + 3 * 4 * c.n_layer * c.n_embd * T
+
+
+def param_counts(n_model: int, trained: int, stored: int) -> dict[str, float]:
+    """The parameter counts a run records (args.json "params") and train.py prints, each also as a fraction of the
+    base model's: what learns (a prefix's MLP included) and what a run stores (§4.3: the prefix alone)."""
+    return {"model": n_model, "trained": trained, "trained_frac": trained / n_model,
+            "stored": stored, "stored_frac": stored / n_model}

@@ -1,6 +1,6 @@
 """Prefix-tuning GPT-2 on table-to-text, and the baselines (Li & Liang 2021, §4 "Prefix-Tuning", §5 "Experimental Setup").
 
-One loop for every tuner (tuner.py): prefix-tuning freezes GPT-2 and trains only the prefix (prefix.py); fine-tuning
+One loop for every tuner (tuners/): prefix-tuning freezes GPT-2 and trains only the prefix (prefix.py); fine-tuning
 trains every weight. Defaults are the paper's E2E recipe (RECIPE.md §3): gpt2-medium, 5 epochs, batch 10, lr 8e-5
 (prefix) or 5e-5 (fine), linear decay without warmup, clip 1.0, AdamW without weight decay, seed 101, P=5, M=512.
 The output folder is what beam.py decodes.
@@ -18,24 +18,24 @@ import math
 import signal
 import sys
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import ddp
-import prefix
-from checkpoint import CheckpointError, fingerprint, from_pretrained, resolve, save_pretrained
-from cli import arg, parse, pick_device
-from data import IGNORE, TEMPLATE, Batches, DataError, example, read_rows, subset, task_labels
-from model import GPT, SHAPES, GPTConfig, flops_per_token, named_shape
-from report import Meter, line_plot, peak_tflops, progress
-from resume import ResumeError, resume_from, save_step
-from runfolder import LOG_FILE, RunFolderError, claim, log_rows, read_log, val_losses, write_run
-from tokenizer import load_tokenizer, write_tokenizer_files
-from tuner import STANDALONE, TUNERS, adamw, evaluate, nll_sum, objective
+from cli import Meter, any_rank, arg, end_ddp, line_plot, parse, peak_tflops, pick_device, progress, start_ddp
+from data import TEMPLATE, Batches, batch_of, example, read_rows, subset, task_labels
+from files.checkpoint import CheckpointError, fingerprint, resolve, save_pretrained
+from files.datasets import DataError
+from files.run import (DONE_FILE, LOG_FILE, RUN_FILE, RunFolderError, atomic_write, claim, log_rows, mark_done,
+                       read_log, resume_from, save_step, val_losses, write_json)
+from files.tokenizer import load_tokenizer, write_tokenizer_files
+from model import GPT, IGNORE, SHAPES, GPTConfig, flops_per_token, named_shape
+from prefix import PARAMETERIZATIONS, PrefixError
+from tuners import STANDALONE, TUNERS, tuner_class
 
 # RECIPE.md §3, per tuner; no paper value for FT-top2 and the adapter (the code's 5e-5) or EMB/INFIX (the prefix's)
 LR = {"prefix": 8e-5, "fine": 5e-5, "fine-top2": 5e-5, "adapter": 5e-5, "embedding": 8e-5}
@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = arg(101, "seed of data order, prefix init and random: bases")
     prefix_len: int = arg(5, "P, virtual tokens per layer", min=1)
     prefix_mid: int = arg(512, "M, hidden width of the prefix MLP (§4.3)", min=1)
-    prefix_param: str = arg("mlp", "mlp (the paper's reparameterization) or direct", choices=prefix.PARAMETERIZATIONS)
+    prefix_param: str = arg("mlp", "mlp (the paper's reparameterization) or direct", choices=PARAMETERIZATIONS)
     prefix_init: str = arg("", "init the prefix from this text's activations (§7.4; P becomes its token count)")
     infix: bool = arg(False, "prefix: put the P activations between source and target (§7.3, infix.py)")
     adapter_size: int = arg(215, "adapter: bottleneck width b (215: 3%, 6: 0.1% of gpt2-medium; adapter.py)", min=1)
@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         raise TrainError("--prefix-init only applies to --tuner prefix; fine-tuning starts from the base weights.")
     if cfg.tuner != "prefix" and cfg.infix:
         raise TrainError("--infix only applies to --tuner prefix: it places the prefix between source and target.")
+    if cfg.infix and cfg.prefix_init:
+        raise TrainError("--infix trains one infix from random: not with --prefix-init.")
     return replace(cfg, lr=cfg.lr if cfg.lr is not None else LR[cfg.tuner])
 
 
@@ -104,13 +106,55 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps))
 
 
-# --- setup: device, base model, the run folder ------------------------------------------------------------------
+# --- the objective, the optimizer, validation -------------------------------------------------------------------
+
+def nll_sum(loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed NLL over the targets from the model's mean (its loss, computed in fp32 inside forward)."""
+    return loss * (targets != IGNORE).sum()
+
+
+def objective(nll_sum: torch.Tensor, n_tok: torch.Tensor, n_seq: int | torch.Tensor,
+              per_sequence: bool) -> torch.Tensor:
+    """RECIPE.md §3 (§6.4): prefix-tuning sums each sequence's NLL and averages over the batch (objective_mode 1,
+    the paper's eq. 2 as a sum); fine-tuning averages over target tokens. Under clip 1.0 they differ."""
+    return nll_sum / n_seq if per_sequence else nll_sum / n_tok
+
+
+def adamw(tuner: nn.Module, lr: float, weight_decay: float, device: torch.device
+          ) -> tuple[dict[str, nn.Parameter], torch.optim.AdamW]:
+    """AdamW over the tuner's trainable parameters only, named in the optimizer's order (for the resume state)."""
+    trained = {n: p for n, p in tuner.named_parameters() if p.requires_grad}
+    decay = {n: p for n, p in trained.items() if p.dim() >= 2}  # no decay on biases and LayerNorm (RECIPE.md §3)
+    rest = {n: p for n, p in trained.items() if n not in decay}
+    groups = [{"params": list(decay.values()), "weight_decay": weight_decay},
+              {"params": list(rest.values()), "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda")  # one kernel for every parameter's update
+    return decay | rest, torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
+@torch.no_grad()
+def evaluate(step_fn: nn.Module, examples: list, batch_size: int, pad_id: int, device: torch.device, world: int,
+             labelled: bool) -> float:
+    """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
+    total = torch.zeros(2, device=device)
+    step_fn.eval()  # no dropout while measuring (fine-tuning trains with it)
+    for i in range(0, len(examples), batch_size):
+        idx, targets, task = (t.to(device) for t in batch_of(examples[i:i + batch_size], pad_id))
+        loss = step_fn(idx, targets, **({"task": task} if labelled else {})).loss
+        total += torch.stack([nll_sum(loss, targets), (targets != IGNORE).sum().float()])
+    step_fn.train()
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()
+
+
+# --- setup: the base model, the tuner ---------------------------------------------------------------------------
 
 def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     """The base GPT-2 and the folder it came from (None for random:X, built from the seed on every rank alike)."""
     if not cfg.init_from.startswith("random:"):
         folder = resolve(cfg.init_from)
-        return from_pretrained(folder), folder
+        return GPT.from_pretrained(folder), folder
     shape = named_shape(cfg.init_from.removeprefix("random:"))
     if shape is None:
         raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in SHAPES]} "
@@ -119,29 +163,41 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     return GPT(GPTConfig(**shape)).eval(), None
 
 
+def build_tuner(cfg: TrainConfig, model: GPT, tok, labels: list[str]) -> nn.Module:
+    """The tuner of --tuner (and --infix), given its settings: its Config dataclass, filled from the flags of the
+    same names."""
+    cls = tuner_class(cfg.tuner, cfg.infix)
+    settings = cls.Config(**{f.name: getattr(cfg, f.name) for f in fields(cls.Config)})
+    return cls.build(model, tok, settings, labels)
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    device, rank, world = ddp.start(pick_device(cfg.device, TrainError))  # torchrun: a process per GPU
-    stop: list[str] = []  # Ctrl-C and SIGTERM end the current step, save, and exit cleanly
-    handlers = {s: signal.signal(s, lambda n, _: stop.append(signal.Signals(n).name))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    device, rank, world = start_ddp(pick_device(cfg.device, TrainError))  # torchrun: a process per GPU
+    stop: list[int] = []  # Ctrl-C and SIGTERM end the current step, save, and exit with 128 + the signal
+    handlers = {s: signal.signal(s, lambda n, _: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        train(cfg, rank, world, device, stop)
+        finished = train(cfg, rank, world, device, stop)
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-        ddp.end()
+        end_ddp()
+    if not finished:  # `train.py && beam.py` must not go on to decode a run that stopped early
+        sys.exit(128 + (stop[0] if stop else signal.SIGTERM))
 
 
-def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[str]) -> None:
+def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: list[int]) -> bool:
+    """The whole run; False when a signal stopped it before its last step (the checkpoint saved)."""
     say = print if rank == 0 else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
     # Setup, every check before the run folder is touched: data, base model, tokenizer, the tuner.
     rows = subset(read_rows(cfg.data_dir, cfg.train_split), cfg.train_limit, cfg.subset_seed)
     valid = read_rows(cfg.data_dir, cfg.valid_split)[:cfg.valid_limit or None] if cfg.valid_split else []
     labels = task_labels(rows + valid, cfg.tuner)
+    if cfg.infix and labels:
+        raise TrainError("--infix trains one infix: not with label rows ({'prefix': label, 'text': ...}).")
     model, base = load_base(cfg)
     if base is not None and cfg.tuner in STANDALONE and out.resolve() == base.resolve():
         raise TrainError(f"--out-dir {out} is the --init-from folder: fine-tuning would overwrite its base.")
@@ -149,9 +205,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     if cfg.prefix_init and len(tok.encode(cfg.prefix_init)) >= model.config.n_positions:  # §7.4: P = its tokens
         raise TrainError(f"--prefix-init: {len(tok.encode(cfg.prefix_init))} tokens, so P leaves no room for an "
                          f"example in the model's n_positions={model.config.n_positions}. Use a shorter text.")
-    tuner = TUNERS[cfg.tuner].build(model.to(device), tok, **asdict(cfg), **({"labels": labels} if labels else {}))
-    tuner = tuner.to(device)
-    P = tuner.settings().get("prefix_len", 0)
+    tuner = build_tuner(cfg, model.to(device), tok, labels).to(device)
+    P = tuner.past_len
     fits = model.config.n_positions - P  # the paper never truncates; a short-context model drops what won't fit
     train_ex = [e for e in (example(tok, row, labels) for row in rows) if len(e[0]) <= fits]
     valid_ex = [e for e in (example(tok, row, labels) for row in valid) if len(e[0]) <= fits][rank::world]
@@ -162,17 +217,24 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                          f"are longer than the {fits} positions a prefix of {P} leaves in n_positions="
                          f"{model.config.n_positions}." if len(train_ex) < len(rows) else "."))
     cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * batches.per_epoch // cfg.grad_accum,
-                  **tuner.settings())
-    # The run's record, written once with its real settings; beam.py opens the folder through tuner.open_run.
+                  **({"prefix_len": P} if P else {}))  # an init text sets its own P (§7.4): the run records it
+    # The run's record, written once with its real settings; beam.py opens the folder through tuners.open_run.
     counts = tuner.counts()
-    run = {**asdict(cfg), "init_from": str(base.resolve()) if base else str((out / "base").resolve()),
+    run = {**asdict(cfg), "init_from": str(base.resolve()) if base else "base",  # a random base: in the run folder
            "init_from_arg": cfg.init_from, "world_size": world, "base_fingerprint": fingerprint(model),
-           "template": TEMPLATE if all(row.source for row in rows) else "", "labels": labels, "params": counts}
+           "template": TEMPLATE if all(row.source for row in rows) else "", "labels": labels, "params": counts,
+           "done_file": DONE_FILE}
     lock = claim(out, cfg.resume, cfg.overwrite) if rank == 0 else None
     try:
-        torch.manual_seed(cfg.seed + rank)  # dropout's masks: a function of the seed (resume.py restores the state)
+        if cfg.resume and (out / DONE_FILE).is_file():
+            say(f"--resume: {out} is already complete ({DONE_FILE}); nothing to do. Decode it with beam.py.")
+            return True
+        torch.manual_seed(cfg.seed + rank)  # dropout's masks: a function of the seed (the resume state restores it)
         params, opt = adamw(tuner, cfg.lr, cfg.weight_decay, device)
         start = resume_from(out / "resume", params, opt, run) if cfg.resume else 0
+        if start is None:
+            say(f"--resume: {out} has no checkpoint yet (stopped before its first one): starting from step 0")
+            start = 0
         if rank == 0:
             start_run_folder(out, cfg, run, model, base, start, say)
         say(f"{cfg.tuner}-tuning{f' (P={P})' if P else ''}: trains {counts['trained']:,} parameters ({counts['trained_frac']:.2%} of "
@@ -221,7 +283,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                 row = (row or dict(step=done)) | dict(val_loss=val_loss)
                 say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
                 if rank == 0 and val_loss < min(history, default=math.inf):
-                    keep_best(out, tuner, run)
+                    save_best(out, tuner, run)
                 history.append(val_loss)
                 early = cfg.early_stop and len(history) - 1 - history.index(min(history)) >= cfg.early_stop
             if rank == 0:
@@ -231,13 +293,15 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                 say(f"early stop after step {done}: {cfg.early_stop} validations without a lower loss")
                 break
             if stopping and done < cfg.max_steps:
-                say(f"stopped by {stop[0]} after step {done}; the checkpoint is saved: add --resume to continue")
-                return
+                say(f"stopped by {signal.Signals(stop[0]).name if stop[0] else 'a signal on another process'} "
+                    f"after step {done}; the checkpoint is saved: add --resume to continue")
+                return False
         if rank == 0:
             finish(cfg, out, tuner, params)
+        return True
     finally:
         if lock is not None:
-            lock.unlink(missing_ok=True)
+            lock.close()  # the kernel's lock goes with it (and with the process, however it ends)
 
 
 def start_run_folder(out: Path, cfg: TrainConfig, run: dict, model: GPT, base: Path | None, start: int,
@@ -246,42 +310,47 @@ def start_run_folder(out: Path, cfg: TrainConfig, run: dict, model: GPT, base: P
     log, torn = read_log(out / LOG_FILE, start) if cfg.resume else ("", 0)
     if torn:
         say(f"note: skipped {torn} torn line(s) in {out / LOG_FILE} (a run killed mid-write)")
-    write_run(out, run)
-    (out / LOG_FILE).write_text(log)
-    if base is None:  # a random base: beam.py loads it from the run folder
-        save_pretrained(model, out / "base")
+    write_json(out / RUN_FILE, run)
+    atomic_write(out / LOG_FILE, lambda tmp: tmp.write_text(log))  # a kill here keeps the old log whole
+    if base is None and not (cfg.resume and (out / "base" / "model.safetensors").is_file()):
+        save_pretrained(model, out / "base")  # a random base: beam.py loads it from the run folder
     write_tokenizer_files(base, out)  # a run folder decodes with the tokenizer it was trained with
 
 
-def keep_best(out: Path, tuner: torch.nn.Module, run: dict) -> None:
+def save_best(out: Path, tuner: nn.Module, run: dict) -> None:
     """OUT/best: the weights with the lowest validation loss so far, a run folder beam.py decodes like OUT."""
-    (out / "best").mkdir(exist_ok=True)
-    tuner.save(out / "best")
-    write_run(out / "best", run)
-    write_tokenizer_files(out, out / "best")
+    best = out / "best"
+    (best / DONE_FILE).unlink(missing_ok=True)  # until the new weights are whole, best/ is not finished
+    files = tuner.save(best)
+    write_json(best / RUN_FILE, run)
+    write_tokenizer_files(out, best)
+    mark_done(best, files)
 
 
-def sync_stop(stop: list[str], device: torch.device) -> bool:
+def sync_stop(stop: list[int], device: torch.device) -> bool:
     """Whether to save and stop after this step, decided once: a signal arriving later (while this step saves)
     stops the next one, never this one unsaved. Every process must stop at the same step, or the others wait
     forever in all_reduce."""
-    stopping = ddp.any_rank(bool(stop), device)
-    stop += ["a signal on another process"] if stopping and not stop else []
+    stopping = any_rank(bool(stop), device)
+    stop += [0] if stopping and not stop else []  # 0: a signal on another process
     return stopping
 
 
-def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) -> None:
-    """The trained artefact (refused if not finite: never an output that decodes to junk), then the loss curve."""
+def finish(cfg: TrainConfig, out: Path, tuner: nn.Module, params: dict) -> None:
+    """The trained artefact (refused if not finite: never an output that decodes to junk), the done mark written
+    last, then the loss curve."""
     bad = [n for n, p in params.items() if not torch.isfinite(p).all()]
     if bad:
         raise TrainError(f"the trained weights hold NaN/Inf ({bad[:3]}); nothing was saved. Lower --lr and "
                          f"continue from the last checkpoint with --resume.")
     try:
-        path = tuner.save(out)
+        paths = tuner.save(out)
+        mark_done(out, paths)
     except OSError as e:
         raise TrainError(f"could not write the trained weights to {out} ({e.strerror or e}); the resume "
                          f"checkpoint is kept: free space, then run again with --resume.") from None
-    print(f"wrote {path} ({path.stat().st_size / 2**10:,.1f} KiB)")
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size / 2**10:,.1f} KiB)")
     rows = log_rows(out / LOG_FILE)
     curves = {k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r]) for k in ("tok_loss", "val_loss")}
     if not line_plot(out / "loss.png", curves, "step", "NLL per target token", f"{cfg.tuner}-tuning {cfg.init_from}"):
@@ -291,7 +360,7 @@ def finish(cfg: TrainConfig, out: Path, tuner: torch.nn.Module, params: dict) ->
 if __name__ == "__main__":
     try:
         main()
-    except (TrainError, DataError, CheckpointError, ResumeError, RunFolderError, prefix.PrefixError) as e:
+    except (TrainError, DataError, CheckpointError, RunFolderError, PrefixError) as e:
         sys.exit(f"train.py: error: {e}")
     except OSError as e:  # a full disk or an unwritable folder outside a checkpoint: one line, not a traceback
         sys.exit(f"train.py: error: could not write {e.filename or 'a file'} ({e.strerror or e}).")

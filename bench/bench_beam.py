@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import prefix  # noqa: E402
 from model import GPT  # noqa: E402
-from search import BeamConfig, beam_search  # noqa: E402
-from tokenizer import load_tokenizer  # noqa: E402
+from beam import BeamConfig, beam_search  # noqa: E402
+from files.tokenizer import load_tokenizer  # noqa: E402
 
 TRAIN = ["--tuner", "fine", "--init-from", "random:gpt2", "--seed", "0", "--train-split", "dev", "--valid-split", "",
          "--max-steps", "150", "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "10", "--bucket"]

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datafiles import read_triples  # noqa: E402
+from files.datasets import read_triples  # noqa: E402
 
 CASES = ROOT.parent / "shared" / "eval-cases" / "webnlg"
 # subset: the official track, beam.py's file stem, the entries' group ("" = all)

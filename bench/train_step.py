@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prefix as pfx  # noqa: E402  (ours, from the repository root)
-from embedding import EmbeddingTuner, PromptEmbedding  # noqa: E402
+from tuners.prompt import EmbeddingTuner, PromptEmbedding  # noqa: E402
 from model import GPT, SHAPES, GPTConfig, flops_per_token  # noqa: E402
-from tuner import nll_sum, objective  # noqa: E402
+from tuners import nll_sum, objective  # noqa: E402
 
 GPT2, MEDIUM = SHAPES["gpt2"], SHAPES["gpt2-medium"]
 B, T, P, M = 10, 64, 5, 512  # the recipe's batch; E2E-like length; the recipe's prefix

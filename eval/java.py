@@ -7,12 +7,12 @@ script's does. METEOR starts first: loading its paraphrase table is the slowest 
 """
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from pycocoevalcap.meteor import meteor as coco_meteor
 from pycocoevalcap.tokenizer import ptbtokenizer
-
-from report import progress
+from tqdm import tqdm
 
 from .files import EvalError
 
@@ -58,7 +58,8 @@ class Meteor:
         lines = [" ||| ".join(("SCORE", *group, out.replace("|||", "").replace("  ", " ")))
                  for group, out in zip(refs, outputs)]
         # The slowest metric, one MR at a time: its bar (a terminal only) is the scoring's progress and ETA.
-        stats = [memo.get(line) or self._ask(line) for line in progress(lines, len(lines), "MR METEOR")]
+        bar = tqdm(lines, unit="MR METEOR", disable=not sys.stderr.isatty(), file=sys.stderr)
+        stats = [memo.get(line) or self._ask(line) for line in bar]
         memo.update(zip(lines, stats))
         return float(self._ask("EVAL ||| " + " ||| ".join(stats), answers=len(stats) + 1))  # per MR, then all
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from model import GPT, GPTConfig, named_shape  # noqa: E402
-from tokenizer import load_tokenizer  # noqa: E402
-from tuner import TUNERS  # noqa: E402
+from files.tokenizer import load_tokenizer  # noqa: E402
+from tuners import tuner_class  # noqa: E402
 
 # train.py's defaults (the E2E recipe), which each tuner's build reads what it needs from.
 DEFAULTS = dict(prefix_len=5, prefix_mid=512, prefix_param="mlp", prefix_init="", seed=101, infix=False, adapter_size=215)
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| tuner | flags | trained | stored |\n|---|---|---|---|")
     for name, extra in RUNS:
         torch.manual_seed(0)
-        c = TUNERS[name].build(GPT(GPTConfig(**named_shape(a.shape))), tok, **{**DEFAULTS, **extra}).counts()
+        cls, flags = tuner_class(name, extra.get("infix", False)), {**DEFAULTS, **extra}
+        settings = cls.Config(**{f.name: flags[f.name] for f in fields(cls.Config)})
+        c = cls.build(GPT(GPTConfig(**named_shape(a.shape))), tok, settings).counts()
         print(f"| {name} | {extra or ''} | {c['trained']:,} ({c['trained_frac']:.3%}) | "
               f"{c['stored']:,} ({c['stored_frac']:.4%}) |")
 

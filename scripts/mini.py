@@ -27,14 +27,13 @@ from pathlib import Path
 
 import torch
 
-import reproduce  # first: it puts the repository on sys.path; every step goes through its run()
-from reproduce import METRICS, ROOT, one_run, plot, table, write_results
+import pipeline  # first: it puts the repository on sys.path; every step goes through its run()
+from pipeline import METRICS, ROOT, one_run, plot, table, write_results
 from tasks import ReproError
-from data import example, read_rows
-from datafiles import DART_FILE
-from model import GPT, GPTConfig, flops_per_token, named_shape
-from tokenizer import load_tokenizer
-from tuner import FineTuner, evaluate
+from data import batch_of, example, read_rows
+from files.datasets import DART_FILE
+from files.tokenizer import load_tokenizer
+from model import GPT, IGNORE, GPTConfig, flops_per_token, named_shape
 
 DATA = ROOT.parent / "shared" / "data"
 TUNERS = ("prefix", "embedding", "adapter", "fine-top2", "fine")
@@ -139,7 +138,7 @@ def train_base(shape: str, a: argparse.Namespace) -> dict:
               f"{', E2E dev references' if a.with_e2e_text else ''}) to {data}/train.jsonl, {VALID_TEXTS} more to "
               f"valid.jsonl")
     out.mkdir(parents=True, exist_ok=True)
-    seconds, _ = reproduce.run([sys.executable, "train.py", *BASE_FLAGS, "--init-from", f"random:{shape}",
+    seconds, _ = pipeline.run([sys.executable, "train.py", *BASE_FLAGS, "--init-from", f"random:{shape}",
                                 "--data-dir", str(data), "--train-split", "train", "--valid-split", "valid",
                                 "--valid-limit", str(a.base_valid),
                                 "--max-steps", str(a.base_steps), "--warmup-steps", str(a.base_steps // 10),
@@ -163,7 +162,13 @@ def e2e_nll(path: Path) -> float:
     fine-tuning can learn the rest. The first E2E_NLL_ROWS (MR, reference) rows, in the E2E template."""
     model, tok = GPT.from_pretrained(path), load_tokenizer(path)
     examples = [example(tok, row, []) for row in read_rows(str(DATA / "e2e"), "test")[:E2E_NLL_ROWS]]
-    return evaluate(FineTuner(model), examples, 25, tok.eot_token, torch.device("cpu"), 1, False)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for lo in range(0, len(examples), 25):  # train.py's validation loss, on these rows
+            idx, targets, _ = batch_of(examples[lo:lo + 25], tok.eot_token)
+            count = int((targets != IGNORE).sum())
+            nll, n = nll + model(idx, targets=targets).loss.item() * count, n + count
+    return nll / n
 
 
 def cached_base(work: Path) -> str | None:

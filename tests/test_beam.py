@@ -15,10 +15,11 @@ import torch
 from transformers import DynamicCache, GPT2LMHeadModel
 
 import prefix
-from beam import BeamConfig, beam_search, e2e_text, main
+from beam import BeamConfig, beam_search, main
+from data import e2e_text
 from conftest import E2E_DIR, make_checkpoint
 from model import GPT
-from tokenizer import load_tokenizer
+from files.tokenizer import load_tokenizer
 
 SHARP = dict(n_layer=2, n_head=4, n_embd=64, n_positions=256)
 NEW = 12        # max_new_tokens in the comparisons

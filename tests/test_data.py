@@ -9,8 +9,9 @@ import pytest
 import tiktoken
 
 from conftest import E2E_DIR
-from data import (IGNORE, DataError, collate, epoch_batches, example_ids, group_refs, linearize, prompt_ids,
-                  read_entries, read_pairs, subset)
+from data import collate, epoch_batches, example_ids, group_refs, prompt_ids, read_entries, read_pairs, subset
+from files.datasets import DataError, linearize
+from model import IGNORE
 
 SOURCE = "name : Alimentum | area : city centre"
 

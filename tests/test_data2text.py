@@ -8,7 +8,9 @@ import pytest
 import tiktoken
 
 from conftest import E2E_DIR, SHARED
-from data import IGNORE, DataError, dataset_of, example_ids, prompt_ids, read_entries, read_pairs
+from data import example_ids, prompt_ids, read_entries, read_pairs
+from files.datasets import DataError, dataset_of
+from model import IGNORE
 
 WEBNLG = SHARED / "data" / "webnlg"
 DART = SHARED / "data" / "dart"

@@ -20,6 +20,7 @@ from conftest import ROOT, E2E_DIR
 sys.path.insert(0, str(ROOT / "scripts"))
 import beam  # noqa: E402
 import mini  # noqa: E402
+import pipeline  # noqa: E402
 import reproduce  # noqa: E402
 import train  # noqa: E402
 from eval import read_outputs, read_refs  # noqa: E402
@@ -47,8 +48,8 @@ def mini_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mini")
     argv = ["mini", *TINY, "--work", str(tmp / "runs" / "mini"), "--results", str(tmp / "results")]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reproduce, "run", in_process)
-        mp.setattr(reproduce, "score", bleu_nist_only)
+        mp.setattr(pipeline, "run", in_process)
+        mp.setattr(pipeline, "score", bleu_nist_only)
         outputs = []
         for _ in range(2):
             with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -101,7 +102,7 @@ def test_base_e2e_nll_matches_transformers(mini_run):
     from transformers import GPT2LMHeadModel
 
     from data import example, read_rows
-    from tokenizer import load_tokenizer
+    from files.tokenizer import load_tokenizer
     tmp, _ = mini_run
     base = tmp / "runs" / "mini" / "base-1x64"
     facts = json.loads((base / "facts.json").read_text())

@@ -9,9 +9,9 @@ from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, GPT2LMHeadModel
 
 from conftest import E2E_DIR, GPT2, TINY, make_checkpoint
-from checkpoint import CheckpointError, save_pretrained
+from files.checkpoint import CheckpointError, save_pretrained
 from model import GPT
-from tokenizer import load_tokenizer
+from files.tokenizer import load_tokenizer
 
 ATOL = 1e-4  # max |Δlogit| in fp32
 

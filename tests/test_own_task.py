@@ -14,7 +14,7 @@ import train
 from conftest import TINY, make_checkpoint
 from data import IGNORE, example_ids, read_rows
 from model import GPT, GPTConfig
-from tokenizer import load_tokenizer
+from files.tokenizer import load_tokenizer
 
 
 def write_jsonl(path, rows):
@@ -79,7 +79,7 @@ def test_label_prefixes_train_decode_and_mix(tiny_ckpt, reviews, tmp_path, capsy
 def test_rows_of_a_batch_take_their_labels_prefix(tiny_ckpt, reviews):
     """The label run's forward with per-row pasts equals running each row alone with its label's prefix."""
     model, tok = GPT.from_pretrained(tiny_ckpt), load_tokenizer(tiny_ckpt)
-    tuner = prefix.PrefixTuner.build(model, tok, 3, 16, "mlp", "", 0, labels=["a", "b"])
+    tuner = prefix.PrefixTuner.build(model, tok, prefix.PrefixConfig(3, 16, "mlp", "", 0), labels=["a", "b"])
     idx = torch.randint(0, 50257, (3, 7), generator=torch.Generator().manual_seed(0))
     task = torch.tensor([1, 0, 1])
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_dropout_in_train_mode_only(tiny_ckpt):
 def test_prefix_tunings_base_never_drops(tiny_ckpt, tmp_path):
     folder = make_checkpoint(tmp_path / "drop", **TINY, resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
     model, tok = GPT.from_pretrained(folder), load_tokenizer(folder)
-    tuner = prefix.PrefixTuner.build(model, tok, 3, 16, "mlp", "", 0).train()
+    tuner = prefix.PrefixTuner.build(model, tok, prefix.PrefixConfig(3, 16, "mlp", "", 0)).train()
     assert not model.training and all(not m.training for m in model.modules())
     idx = torch.randint(0, 50257, (2, 9))
     with torch.no_grad():

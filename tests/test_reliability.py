@@ -21,23 +21,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import beam
-import checkpoint
 import prefix
-import report
-import runfolder
+import cli
+import files.run as runfolder
 import train
-import tuner
-from checkpoint import CheckpointError
+import tuners
+from files.checkpoint import CheckpointError
+from model import GPT
 from data import DataError
-from resume import ResumeError
-from runfolder import RunFolderError
+from files.run import RunFolderError as ResumeError
+from files.run import RunFolderError
 
 HANDLED = (train.TrainError, DataError, CheckpointError, ResumeError, RunFolderError, prefix.PrefixError)
 
 
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):  # the loss plot costs seconds a run, and no test here looks at it
-    for module in (report, train):
+    for module in (cli, train):
         monkeypatch.setattr(module, "line_plot", lambda *a, **k: True)
 
 
@@ -97,7 +97,7 @@ def done_run(tiny_ckpt, data_dir, tmp_path_factory):
 
 # --- 1. exact resume from a Hugging Face folder, for every tuner ------------------------------------------------
 
-@pytest.mark.parametrize("name", list(tuner.TUNERS))
+@pytest.mark.parametrize("name", list(tuners.TUNERS))
 def test_sigterm_then_resume_is_exact_for_every_tuner(name, tiny_ckpt, data_dir, tmp_path, monkeypatch, capsys):
     extra = ["--tuner", name, "--max-steps", "3", "--save-every", "100"]
     train.main(argv(tiny_ckpt, tmp_path / "whole", data_dir, *extra))
@@ -109,7 +109,9 @@ def test_sigterm_then_resume_is_exact_for_every_tuner(name, tiny_ckpt, data_dir,
         if not sent:
             sent.append(os.kill(os.getpid(), signal.SIGTERM))
     monkeypatch.setattr(train, "save_step", save_step)
-    train.main(steps)
+    with pytest.raises(SystemExit) as stopped:  # not finished: 128 + SIGTERM, so `train.py && beam.py` stops
+        train.main(steps)
+    assert stopped.value.code == 128 + signal.SIGTERM
     assert "stopped by SIGTERM after step 2" in capsys.readouterr().out
     assert json.loads((tmp_path / "cut" / "resume" / "state.json").read_text())["step"] == 2
     train.main([*steps, "--resume"])
@@ -154,7 +156,7 @@ def poke(name: str, change):
 ])
 def test_damaged_checkpoint_names_the_tensor(change, config, match, tiny_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match=match):
-        checkpoint.from_pretrained(copy_ckpt(tiny_ckpt, tmp_path / "ckpt", change, **config))
+        GPT.from_pretrained(copy_ckpt(tiny_ckpt, tmp_path / "ckpt", change, **config))
 
 
 def test_bfloat16_checkpoint_trains_in_float32(tiny_ckpt, data_dir, tmp_path):
@@ -167,7 +169,7 @@ def test_bfloat16_checkpoint_trains_in_float32(tiny_ckpt, data_dir, tmp_path):
 # --- 4. NaN never written: not by beam.py, not at the end of training ---------------------------------------------
 
 def test_prefix_giving_nan_logits_stops_beam(tiny_ckpt, data_dir, tmp_path):
-    model = checkpoint.from_pretrained(tiny_ckpt)
+    model = GPT.from_pretrained(tiny_ckpt)
     c = model.config
     huge = [tuple(torch.full((1, c.n_head, 3, c.head_dim), 3e38) for _ in "kv") for _ in range(c.n_layer)]  # finite
     prefix.save(tmp_path / "huge.safetensors", huge, model, "mlp")
@@ -201,17 +203,22 @@ def test_prompt_lines_split_on_newline_only(tiny_ckpt, tmp_path):
 # --- 7-9. one run owns its folder ------------------------------------------------------------------------------
 
 def test_second_run_is_refused_while_the_lock_is_held(data_dir, tmp_path):
+    """The lock is the kernel's (flock): a live holder refuses the second run, naming its pid; once the holder is
+    dead (kill -9, no clean-up), the same command runs, though .lock still names the dead pid."""
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
-    (out / ".lock").write_text(str(holder.pid))
+    hold = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('ready', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "ready"
         refused(argv("random:tiny", out, data_dir), f"another train.py \\(pid {holder.pid}\\)")
     finally:
         holder.kill()
         holder.wait()
-    message = refused(argv("random:tiny", out, data_dir), f"stale lock from pid {holder.pid}")
-    assert str(out / ".lock") in message and sorted(os.listdir(out)) == [".lock"]
+    assert (out / ".lock").read_text() == str(holder.pid)  # the dead holder's pid is still written there
+    train.main(argv("random:tiny", out, data_dir))
+    assert (out / "done.json").is_file()
 
 
 def snapshot(folder) -> dict:
@@ -225,7 +232,7 @@ def test_used_out_dir_is_refused_and_untouched(done_run, tiny_ckpt, data_dir):
     assert snapshot(done_run) == before
 
 
-@pytest.mark.parametrize("name", tuner.STANDALONE)
+@pytest.mark.parametrize("name", tuners.STANDALONE)
 def test_fine_tuning_into_its_own_base_is_refused(name, tiny_ckpt, data_dir, tmp_path):
     base = copy_ckpt(tiny_ckpt, tmp_path / "base")
     (tmp_path / "link").symlink_to(base)
@@ -284,6 +291,7 @@ def test_resume_refused_after_the_base_changed(tiny_ckpt, data_dir, tmp_path):
     train.main(argv(base, tmp_path / "out", data_dir, "--max-steps", "1"))
     copy_ckpt(tiny_ckpt, tmp_path / "new", lambda sd: {k: v + 0.01 for k, v in sd.items()})
     os.replace(tmp_path / "new" / "model.safetensors", base / "model.safetensors")
+    (tmp_path / "out" / "done.json").unlink()  # killed after its last checkpoint, before the done mark
     refused(argv(base, tmp_path / "out", data_dir, "--max-steps", "1", "--resume"), "weights changed")
 
 
@@ -309,12 +317,14 @@ def set_tensors(folder, change):
 ])
 def test_damaged_resume_files_are_refused_clearly(damage, match, done_run, tiny_ckpt, data_dir, tmp_path):
     out = shutil.copytree(done_run, tmp_path / "run")
+    (out / "done.json").unlink()  # killed after its last checkpoint, before the done mark
     damage(out)
     refused(argv(tiny_ckpt, out, data_dir, "--max-steps", "2", "--resume"), match)
 
 
 def test_torn_log_line_is_dropped_and_reported(done_run, tiny_ckpt, data_dir, tmp_path, capsys):
     out = shutil.copytree(done_run, tmp_path / "run")
+    (out / "done.json").unlink()  # killed after its last checkpoint, before the done mark
     with (out / "log.jsonl").open("a") as f:
         f.write('{"step": 3, "lo')
     train.main(argv(tiny_ckpt, out, data_dir, "--max-steps", "2", "--resume"))
@@ -337,7 +347,7 @@ def test_setup_errors_are_clear(tiny_ckpt, data_dir, tmp_path):
 
 
 def test_beam_out_folder_refused_before_loading(tiny_ckpt, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(beam, "load_decoder", lambda cfg: pytest.fail("loaded a model before checking --out"))
+    monkeypatch.setattr(beam, "open_run", lambda *a, **k: pytest.fail("loaded a model before checking --out"))
     beam_refused(["--ckpt", str(tiny_ckpt), "--prompts", str(data_dir / "prompts.txt"), "--out", str(tmp_path)],
                  "is a folder")
 
@@ -345,7 +355,7 @@ def test_beam_out_folder_refused_before_loading(tiny_ckpt, data_dir, tmp_path, m
 # --- 13. hostile config.json fails fast, by name -----------------------------------------------------------------
 
 @pytest.mark.parametrize("config,match", [
-    ({"n_layer": 10**6}, "n_layer=1000000"), ("/dev/zero", "at most"), ({"n_head": 0}, "at least 1"),
+    ({"n_layer": 10**6}, "n_layer=1000000"), ("/dev/zero", "not a regular file"), ({"n_head": 0}, "at least 1"),
     ({"n_head": 3}, "divisible"), ({"n_embd": "32"}, "n_embd='32'"), ({"n_embd": 32.0}, "n_embd=32.0"),
     ({"n_positions": None}, "n_positions=None"), ([1, 2], "one JSON object"),
 ])
@@ -360,7 +370,7 @@ def test_hostile_config_is_refused_fast(config, match, tiny_ckpt, tmp_path):
         (folder / "config.json").write_text(json.dumps(good | config if isinstance(config, dict) else config))
     start = time.monotonic()
     with pytest.raises(CheckpointError, match=match):
-        checkpoint.from_pretrained(folder)
+        GPT.from_pretrained(folder)
     assert time.monotonic() - start < 2
 
 

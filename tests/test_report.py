@@ -6,11 +6,11 @@ import io
 
 import pytest
 
-import report
+import cli
 
 
 class Terminal(io.StringIO):
-    """stderr as a terminal would be: tqdm draws only where isatty() is true (report.progress asks)."""
+    """stderr as a terminal would be: tqdm draws only where isatty() is true (cli.progress asks)."""
 
     def isatty(self) -> bool:
         return True
@@ -21,7 +21,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, tty, show, drawn):
     pytest.importorskip("tqdm")
     err = Terminal() if tty else io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
-    items = list(report.progress(range(7), total=7, unit="step", show=show))
+    items = list(cli.progress(range(7), total=7, unit="step", show=show))
     assert items == list(range(7))  # the items pass through unchanged either way
     assert ("7/7" in err.getvalue()) == drawn  # tqdm's counter, with ETA, on the terminal only
     if drawn:
@@ -46,7 +46,7 @@ def test_plot_keeps_its_labels_inside(monkeypatch, tmp_path):
     monkeypatch.setattr(Figure, "savefig", savefig)
     series = {"prefix": ([50, 100, 200, 500], [-1234567.5, 2345678.25, 3456789.125, 4567890.5]),
               "fine": ([50, 100, 200, 500], [0.1, 0.2, 0.3, 0.4])}
-    assert report.line_plot(tmp_path / "lowdata.png", series, "training examples", "BLEU (official, 0-1)", "low data")
+    assert cli.line_plot(tmp_path / "lowdata.png", series, "training examples", "BLEU (official, 0-1)", "low data")
     assert (tmp_path / "lowdata.png").stat().st_size > 0 and len(boxes) == 3
     for text, box, (width, height) in boxes:
         assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text

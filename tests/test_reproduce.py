@@ -5,6 +5,7 @@ import sys
 from conftest import ROOT, E2E_DIR
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import pipeline  # noqa: E402
 import reproduce  # noqa: E402
 
 
@@ -14,7 +15,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     rows = json.loads((tmp_path / "results" / "smoke.json").read_text())
     assert [r["tuner"] for r in rows] == ["prefix", "fine"]
     for r in rows:
-        assert set(reproduce.METRICS) <= set(r) and all(r[m] >= 0 for m in reproduce.METRICS)
+        assert set(pipeline.METRICS) <= set(r) and all(r[m] >= 0 for m in pipeline.METRICS)
         assert len((tmp_path / "runs" / r["run"] / "test.txt").read_text().splitlines()) == 4
     assert rows[0]["stored_frac"] < rows[0]["trained_frac"] < rows[1]["trained_frac"] == 1.0
     assert "SMOKE RUN ONLY" in (tmp_path / "results" / "smoke.md").read_text()

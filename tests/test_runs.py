@@ -9,7 +9,7 @@ import pytest
 
 import beam
 import train
-from checkpoint import CheckpointError, resolve
+from files.checkpoint import CheckpointError, resolve
 from conftest import E2E_DIR, ROOT
 from data import DataError
 

@@ -13,10 +13,10 @@ import prefix
 from beam import main
 from conftest import E2E_DIR
 from model import GPT
-from sample import SampleConfig, process, sample, warp
-from search import BeamConfig, beam_search
+from generate import SampleConfig, process, sample, warp
+from beam import BeamConfig, beam_search
 from test_beam import NEW, SCORE_ATOL, past_for, read_jsonl, sharp  # noqa: F401  (sharp: the checkpoint fixture)
-from tokenizer import load_tokenizer
+from files.tokenizer import load_tokenizer
 
 MATCH = 0.9  # rows token-identical to generate: ≥ 45 of 50
 

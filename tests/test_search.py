@@ -17,13 +17,13 @@ import torch
 
 import data
 import prefix
-import search
+import beam as search
 from beam import main
 from conftest import ROOT
 from model import GPT
-from search import BeamConfig, beam_search
+from beam import BeamConfig, beam_search
 from test_beam import SCORE_ATOL, past_for, reference, sharp  # noqa: F401  (sharp is a fixture)
-from tokenizer import load_tokenizer
+from files.tokenizer import load_tokenizer
 
 NEW = 8  # max_new_tokens: a few prompts end at once, most later, some at 8
 

@@ -15,12 +15,13 @@ from transformers import GPT2LMHeadModel
 
 import beam
 import train
-from adapter import AdapterTuner
+from tuners.adapter import AdapterTuner
 from conftest import E2E_DIR, TINY, make_checkpoint
-from embedding import EmbeddingTuner, PromptEmbedding, embedding_past, load_peft, save_peft
-from infix import InfixTuner
+from tuners.prompt import EmbeddingTuner, PromptEmbedding, embedding_past, load_peft, save_peft
+from tuners.infix import InfixTuner
+from prefix import PrefixConfig
 from model import GPT, SHAPES, GPTConfig
-from tuner import TUNERS, open_run
+from tuners import TUNERS, open_run, tuner_class
 
 ATOL = 1e-4  # max |Δlogit| in fp32
 # Each run learns its 8 examples at a high lr; a base with wide weights (initializer_range 0.2) lets a light tuner
@@ -161,7 +162,7 @@ def test_adapter_is_the_authors_placement(tiny_ckpt):
 
 def test_adapter_saves_only_itself_and_opens_on_the_base(tiny_ckpt, tmp_path):
     tuner = adapted(tiny_ckpt)
-    file = tuner.save(tmp_path)
+    file, = tuner.save(tmp_path)
     assert set(load_file(file)) == {f"h.{i}.{k}" for i in range(2) for k in
                                     ("ln.weight", "ln.bias", "down.weight", "down.bias", "up.weight", "up.bias")}
     model, past = AdapterTuner.open(tmp_path, GPT.from_pretrained(tiny_ckpt))
@@ -236,7 +237,7 @@ def reference_past(tuner, src):
 
 def test_infix_equals_per_row_reference_and_decodes_the_same(tiny_ckpt, tiny, tmp_path):
     P, B = 3, 3
-    tuner = InfixTuner.build(tiny, None, prefix_len=P, prefix_mid=16, prefix_param="mlp", seed=9)
+    tuner = InfixTuner.build(tiny, None, PrefixConfig(prefix_len=P, prefix_mid=16, prefix_param="mlp", seed=9))
     rows = [(ids(1, n, n)[0], s) for n, s in ((12, 5), (9, 6), (15, 3))]  # (tokens, separator column), ragged
     T = max(len(r) for r, _ in rows)
     idx = torch.stack([torch.cat([r, torch.zeros(T - len(r), dtype=torch.long)]) for r, _ in rows])   # right-padded
@@ -250,7 +251,7 @@ def test_infix_equals_per_row_reference_and_decodes_the_same(tiny_ckpt, tiny, tm
         # Decoding as the search calls the model: [source; separator] left-padded after the placeholder past, then
         # one more token with the cache.
         tuner.save(tmp_path)
-        decoder, placeholder = TUNERS["prefix"].open(tmp_path, GPT.from_pretrained(tiny_ckpt))
+        decoder, placeholder = tuner_class("prefix", infix=True).open(tmp_path, GPT.from_pretrained(tiny_ckpt))
         W, new = max(s + 1 for _, s in rows), ids(B, 1, 10)
         prompts = torch.stack([torch.cat([torch.zeros(W - s - 1, dtype=torch.long), r[:s + 1]]) for r, s in rows])
         mask = torch.cat([torch.ones(B, P), torch.stack([torch.arange(W) >= W - s - 1 for _, s in rows])], 1).long()

@@ -13,21 +13,17 @@ by an MLP by default (`--parametrize_emb MLP`): P′ (P, C) -> Linear(C, M) -> T
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tiktoken
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
-from checkpoint import CheckpointError
-from model import GPT, GPTConfig, GPTOutput, PastKV
-from runfolder import atomic_write
-from tuned_files import read, tally, whole, write
+from files.tuned import read, read_peft, whole, write, write_peft
+from model import GPT, GPTConfig, GPTOutput, PastKV, param_counts
+from prefix import FrozenBase, PrefixConfig, freeze
 
 EMBEDDING_FILE = "embedding.safetensors"
-PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 class PromptEmbedding(nn.Module):
@@ -64,72 +60,58 @@ def embedding_past(model: GPT, embeds: torch.Tensor) -> PastKV:
 
 def save_peft(embeds: torch.Tensor, model: GPT, folder: str | Path, base_model_name_or_path: str = "gpt2") -> None:
     """Write (P, C) embeddings as a folder `PeftModel.from_pretrained(GPT2LMHeadModel..., folder)` loads."""
-    folder, c = Path(folder), model.config
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = dict(peft_type="PROMPT_TUNING", task_type="CAUSAL_LM", base_model_name_or_path=base_model_name_or_path,
+    c = model.config
+    cfg = dict(peft_type="PROMPT_TUNING", base_model_name_or_path=base_model_name_or_path,
                num_virtual_tokens=embeds.size(0), token_dim=c.n_embd, num_attention_heads=c.n_head,
-               num_layers=c.n_layer, num_transformer_submodules=1, prompt_tuning_init="RANDOM", inference_mode=True)
-    tensors = {"prompt_embeddings": embeds.detach().float().cpu().contiguous()}
-    atomic_write(folder / PEFT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    atomic_write(folder / PEFT_CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+               num_layers=c.n_layer, prompt_tuning_init="RANDOM")
+    write_peft(folder, cfg, embeds)
 
 
 def load_peft(folder: str | Path, model: GPT) -> torch.Tensor:
     """A PEFT prompt-tuning folder for GPT-2 -> its (P, C) embeddings, in the model's dtype and device. PEFT names
     its base only by hub name, so only the shape is checked."""
-    folder = Path(folder)
-    try:
-        cfg = json.loads((folder / PEFT_CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder / PEFT_CONFIG}: unreadable ({e}).") from None
-    if cfg.get("peft_type") != "PROMPT_TUNING" or cfg.get("num_transformer_submodules", 1) != 1:
-        raise CheckpointError(f"{folder / PEFT_CONFIG}: peft_type={cfg.get('peft_type')!r}, expected a decoder-only "
-                              f"'PROMPT_TUNING' adapter.")
-    P = cfg.get("num_virtual_tokens")
-    _, tensors = read(folder / PEFT_WEIGHTS, model, lambda _: {"prompt_embeddings": (P, model.config.n_embd)},
-                      allow_other_base=True)
-    return tensors["prompt_embeddings"]
+    _, embeds = read_peft(folder, "PROMPT_TUNING", lambda cfg: model.config.n_embd)
+    w = model.lm_head.weight
+    return embeds.to(w.device, w.dtype)
 
 
-# --- embedding-only tuning as train.py and beam.py see it (tuner.py says what a tuner is) -------------------------
+# --- embedding-only tuning as train.py and beam.py see it (tuners/__init__.py says what a tuner is) ---------------
 
-class EmbeddingTuner(nn.Module):
+class EmbeddingTuner(FrozenBase):
     """GPT-2 frozen and in eval mode; only the P input embeddings learn. The authors run this ablation through the
     prefix-tuning trainer (tuning_mode prefixtune), so the loss is theirs too: each sequence's NLL summed."""
     name, weights_learn = "embedding", False
     per_sequence_loss = True
+    Config = PrefixConfig  # P, M and the parameterization, as a prefix's (prefix_init does not apply)
 
     def __init__(self, model: GPT, prompt: PromptEmbedding):
         super().__init__()
-        self.model, self.prompt = model.requires_grad_(False).eval(), prompt
+        self.model, self.prompt = model, prompt
+        freeze(model, prompt)
+
+    @property
+    def past_len(self) -> int:
+        return self.prompt.embedding.num_embeddings
 
     @classmethod
-    def build(cls, model: GPT, tok: tiktoken.Encoding, prefix_len: int, prefix_mid: int, prefix_param: str,
-              seed: int, **_: object) -> EmbeddingTuner:
-        prompt = PromptEmbedding(model.config, prefix_len, prefix_param, prefix_mid, seed)
+    def build(cls, model: GPT, tok: tiktoken.Encoding, cfg: PrefixConfig, labels: list[str] = ()) -> EmbeddingTuner:
+        prompt = PromptEmbedding(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid, cfg.seed)
         return cls(model, prompt.to(model.lm_head.weight.device))
-
-    def train(self, mode: bool = True) -> EmbeddingTuner:
-        super().train(mode)
-        self.model.eval()  # the frozen base never drops, as in prefix-tuning
-        return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
         return self.model(idx, past_kv=embedding_past(self.model, self.prompt()), targets=targets)
 
-    def settings(self) -> dict:
-        return {"prefix_len": self.prompt.embedding.num_embeddings}
-
     def counts(self) -> dict[str, float]:
         n_model = sum(p.numel() for p in self.model.parameters())
-        return tally(n_model, sum(p.numel() for p in self.prompt.parameters()), self.prompt.embedding.weight.numel())
+        return param_counts(n_model, sum(p.numel() for p in self.prompt.parameters()),
+                            self.prompt.embedding.weight.numel())
 
-    def save(self, out: Path) -> Path:
+    def save(self, out: Path) -> list[Path]:
         """Only the (P, C) embeddings (the MLP is dropped, as a prefix's is)."""
         with torch.no_grad():
             embeds = self.prompt()
         meta = {"prefix_len": embeds.size(0), "parameterization": self.prompt.parameterization}
-        return write(out / EMBEDDING_FILE, {"prompt_embeddings": embeds}, self.model, meta)
+        return [write(out / EMBEDDING_FILE, {"prompt_embeddings": embeds}, self.model, meta)]
 
     @staticmethod
     def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[GPT, PastKV]:

@@ -2,7 +2,9 @@
 files), WebNLG 2017 (the challenge's XML), DART v1.1.1 (JSON or XML), and a user's own JSONL.
 
 Each reader turns one file into rows or entries and says exactly where a file is wrong; data.py decides what
-training and decoding make of them. The folder's files say which dataset it is.
+training and decoding make of them. The folder's files say which dataset it is. Only regular files of a sane
+size are read (run.read_capped), and text must be valid UTF-8 without lone surrogates, so nothing read here can
+fail later, after hours of work, when it is written back out.
     dataset, files = split_files("../shared/data/webnlg", "test")     # ("webnlg", [.../testdata_with_lex.xml])
     rows = jsonl_rows(read_text(path), str(path))                     # [Row(source, target, label), ...]
 """
@@ -16,6 +18,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import NamedTuple
 
+from files.run import read_capped
+
 E2E_URL = "https://github.com/tuetschek/e2e-dataset"
 # Per split, the paper code's file first (what the recipe's numbers were trained and scored on: pre-tokenized,
 # e.g. "£ 20 - 25"), then the official CSV (linearized here, not tokenized: slightly different tokens).
@@ -28,6 +32,8 @@ WEBNLG_TEST = "test/testdata_with_lex.xml"  # train/ and dev/ hold one XML file 
 # WebNLG's test categories unseen in training, as the official evaluation.py hard-codes them (U; the rest: S)
 WEBNLG_UNSEEN = frozenset({"Artist", "Athlete", "CelestialBody", "MeanOfTransportation", "Politician"})
 DART_FILE = "dart-v1.1.1-full-{split}"  # .json (the authors' format) or .xml, the same entries
+DATA_CAP = 1 << 30  # bytes of one data file read at most (DART's train JSON is ~30 MB)
+SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" escape: valid JSON, not encodable text
 
 
 class DataError(Exception):
@@ -94,9 +100,19 @@ def read_text(path: Path) -> str:
     """A UTF-8 file with "\\r\\n" made "\\n". Its lines are then cut at "\\n" only: str.splitlines (and read_text)
     would also cut at a lone "\\r", a form feed, NEL or U+2028, characters of a reference, not line ends."""
     try:
-        return path.read_bytes().decode("utf-8").replace("\r\n", "\n")
-    except (OSError, UnicodeDecodeError) as e:
+        return read_capped(path, DATA_CAP).decode("utf-8").replace("\r\n", "\n")
+    except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable ({e}).") from None
+
+
+def checked_text(text: str, where: str) -> str:
+    """`text` if it can be written back as UTF-8: a lone surrogate (a JSON escape) would crash the write of the
+    outputs after decoding, so it is refused where it is read."""
+    m = SURROGATE.search(text)
+    if m:
+        raise DataError(f"{where}: a lone surrogate {m[0]!r} at character {m.start()} (an escape like \\ud800 that "
+                        f"encodes no character); fix the text.")
+    return text
 
 
 # --- E2E (CSV, the paper code's src1 files) and a user's JSONL
@@ -150,13 +166,16 @@ def jsonl_rows(text: str, path: str) -> list[Row]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise DataError(f"{path}:{n}: not JSON ({e}).") from None
-        kind = sorted(k for k in ("source", "target", "prefix", "text") if isinstance(row, dict) and k in row)
+        kind = sorted(row) if isinstance(row, dict) else []
         known = kind in (["source", "target"], ["prefix", "text"], ["text"])
         if not known or not all(isinstance(row[k], str) and row[k].strip() for k in kind):
             raise DataError(f'{path}:{n}: expected {{"source": "...", "target": "..."}}, {{"prefix": "label", '
-                            f'"text": "..."}} or {{"text": "..."}}, with non-empty strings.')
+                            f'"text": "..."}} or {{"text": "..."}}, with non-empty strings'
+                            + (f"; found the keys {kind}." if kind and not known else "."))
+        for k in kind:
+            checked_text(row[k], f"{path}:{n}: {k!r}")
         if kind == ["source", "target"]:
             rows.append(Row(*checked(row["source"], row["target"], f"{path}:{n}")))
         else:
@@ -193,8 +212,8 @@ def triples_xml(path: Path, dataset: str) -> list[tuple[Entry, list[str]]]:
     """<entry category= eid=>: <modifiedtripleset><mtriple>s | p | o</mtriple>..., then <lex comment=>text</lex>
     elements. WebNLG trains on the "good" ones (77 of 18,102 train ones are "toFix"), DART on all (§2)."""
     try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as e:
+        root = ET.fromstring(read_capped(path, DATA_CAP))
+    except (OSError, ValueError, ET.ParseError) as e:
         raise DataError(f"{path}: not readable as XML ({e}).") from None
     entries = []
     for n, node in enumerate(root.iter("entry"), 1):
@@ -209,8 +228,8 @@ def triples_xml(path: Path, dataset: str) -> list[tuple[Entry, list[str]]]:
 def dart_json(path: Path) -> list[tuple[Entry, list[str]]]:
     """DART's JSON: [{"tripleset": [[s, r, o], ...], "annotations": [{"text": ..., ...}, ...], ...}, ...]."""
     try:
-        rows = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
+        rows = json.loads(read_capped(path, DATA_CAP))
+    except (OSError, ValueError, RecursionError) as e:
         raise DataError(f"{path}: not readable as JSON ({e}).") from None
     entries = []
     for n, row in enumerate(rows, 1):

@@ -19,10 +19,9 @@ import tiktoken
 import torch
 import torch.nn as nn
 
-from model import IGNORE_INDEX, GPT, GPTOutput, PastKV
-from past import flatten, unflatten
-from prefix import Prefix, freeze
-from tuned_files import read, tally, whole, write
+from files.tuned import read, whole, write
+from model import IGNORE, GPT, GPTOutput, PastKV, param_counts
+from prefix import FrozenBase, Prefix, PrefixConfig, flatten, freeze, unflatten
 
 INFIX_FILE = "infix.safetensors"
 
@@ -31,11 +30,11 @@ def split(idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Right-padded examples (B, T) -> the sources, left-padded, src (B, S) and src_mask (B, S); and what follows
     them from the separator on, right-padded, rest (B, R) and rest_targets (B, R) (IGNORE past each row's end)."""
     B, T = idx.shape
-    s = (targets != IGNORE_INDEX).int().argmax(1)                           # (B,) each separator's column
+    s = (targets != IGNORE).int().argmax(1)                           # (B,) each separator's column
     S, R = int(s.max()), int((T - s).max())
     src_col = torch.arange(S, device=idx.device) - (S - s)[:, None]        # (B, S) column in idx; < 0 pads
     rest_col = s[:, None] + torch.arange(R, device=idx.device)              # (B, R) column in idx; >= T ends
-    rest_targets = targets.gather(1, rest_col.clamp(max=T - 1)).masked_fill(rest_col >= T, IGNORE_INDEX)
+    rest_targets = targets.gather(1, rest_col.clamp(max=T - 1)).masked_fill(rest_col >= T, IGNORE)
     return (idx.gather(1, src_col.clamp(min=0)), (src_col >= 0).long(), idx.gather(1, rest_col.clamp(max=T - 1)),
             rest_targets)
 
@@ -77,33 +76,33 @@ class InfixDecoder(GPT):
         return super().forward(idx[:, -1:], past_kv=past, attention_mask=mask, **kw)
 
 
-# --- infix-tuning as train.py and beam.py see it (tuner.py says what a tuner is; --tuner prefix --infix) ----------
+# --- infix-tuning as train.py and beam.py see it (tuners/__init__.py says what a tuner is) ------------------------
 
-class InfixTuner(nn.Module):
+class InfixTuner(FrozenBase):
     """GPT-2 frozen and in eval mode; the prefix MLP and the P infix input embeddings learn. The authors run it
-    through the prefix-tuning trainer, so the loss is prefix-tuning's too: each sequence's NLL summed."""
-    name, weights_learn = "prefix", False
+    through the prefix-tuning trainer, so the loss is prefix-tuning's too: each sequence's NLL summed. A run of it
+    is `--tuner prefix --infix` (args.json: tuner "prefix", infix true), as the paper names it INFIX-P."""
+    name, weights_learn = "infix", False
     per_sequence_loss = True
+    Config = PrefixConfig  # P, M and the parameterization, as a prefix's
 
     def __init__(self, model: GPT, prefix: Prefix, embeds: nn.Embedding):
         super().__init__()
         self.model, self.prefix, self.embeds = model, prefix, embeds
         freeze(model, nn.ModuleList([prefix, embeds]))
 
-    @classmethod
-    def build(cls, model: GPT, tok: tiktoken.Encoding, prefix_len: int, prefix_mid: int, prefix_param: str,
-              seed: int, **_: object) -> InfixTuner:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)  # the prefix draws from `seed`; wte2 is PyTorch's default N(0, 1), as theirs
-            embeds = nn.Embedding(prefix_len, model.config.n_embd)
-        device = model.lm_head.weight.device
-        return cls(model, Prefix(model.config, prefix_len, prefix_param, prefix_mid, seed=seed).to(device),
-                   embeds.to(device))
+    @property
+    def past_len(self) -> int:
+        return self.embeds.num_embeddings
 
-    def train(self, mode: bool = True) -> InfixTuner:
-        super().train(mode)
-        self.model.eval()  # the frozen base never drops, as in prefix-tuning
-        return self
+    @classmethod
+    def build(cls, model: GPT, tok: tiktoken.Encoding, cfg: PrefixConfig, labels: list[str] = ()) -> InfixTuner:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)  # the prefix draws from `seed`; wte2 is PyTorch's default N(0, 1), as theirs
+            embeds = nn.Embedding(cfg.prefix_len, model.config.n_embd)
+        device = model.lm_head.weight.device
+        prefix = Prefix(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid, seed=cfg.seed)
+        return cls(model, prefix.to(device), embeds.to(device))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> GPTOutput:
         src, src_mask, rest, rest_targets = split(idx, targets)
@@ -112,20 +111,17 @@ class InfixTuner(nn.Module):
                           torch.ones_like(rest)], 1)                                       # (B, P+S+R)
         return self.model(rest, past_kv=past, attention_mask=mask, targets=rest_targets)
 
-    def settings(self) -> dict:
-        return {"prefix_len": self.embeds.num_embeddings, "infix": True}
-
     def counts(self) -> dict[str, float]:
         n_model = sum(p.numel() for p in self.model.parameters())
         trained = sum(p.numel() for p in self.parameters() if p.requires_grad)
         P, C = self.embeds.weight.shape
-        return tally(n_model, trained, P * self.prefix.width + P * C)
+        return param_counts(n_model, trained, P * self.prefix.width + P * C)
 
-    def save(self, out: Path) -> Path:
+    def save(self, out: Path) -> list[Path]:
         """The added keys/values (P, 2·L·C), the MLP dropped as a prefix's is, and the infix embeddings (P, C)."""
         tensors = {"added": flatten(self.prefix.export()), "embeds": self.embeds.weight}
         meta = {"prefix_len": self.embeds.num_embeddings, "parameterization": self.prefix.parameterization}
-        return write(out / INFIX_FILE, tensors, self.model, meta)
+        return [write(out / INFIX_FILE, tensors, self.model, meta)]
 
     @staticmethod
     def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[InfixDecoder, PastKV]:

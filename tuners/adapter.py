@@ -10,6 +10,7 @@ as a submodule `block.adapter` applied by a forward hook to the block's output.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import tiktoken
@@ -17,10 +18,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, GPTOutput, PastKV
-from tuned_files import read, tally, whole, write
+from files.tuned import read, whole, write
+from model import GPT, GPTConfig, GPTOutput, PastKV, param_counts
 
 ADAPTER_FILE = "adapter.safetensors"
+
+
+@dataclass
+class AdapterConfig:
+    """train.py's flags of the same names."""
+    adapter_size: int = 215   # b, the bottleneck width (215: 3%, 6: 0.1% of gpt2-medium)
+    seed: int = 0
 
 
 class Adapter(nn.Module):
@@ -67,13 +75,14 @@ def shapes(config: GPTConfig, size: int) -> dict[str, tuple[int, ...]]:
     return {f"h.{i}.{k}": s for i in range(config.n_layer) for k, s in one.items()}
 
 
-# --- adapter-tuning as train.py and beam.py see it (tuner.py says what a tuner is) -------------------------------
+# --- adapter-tuning as train.py and beam.py see it (tuners/__init__.py says what a tuner is) -------------------------------
 
 class AdapterTuner(nn.Module):
     """GPT-2 frozen, one adapter per block learns. The authors train adapters with transformers' Trainer, as
     fine-tuning: GPT-2's dropout stays on (train mode) and the loss is the mean over target tokens."""
     name, weights_learn = "adapter", False  # the backward runs through every block, but only adapters' weights
     per_sequence_loss = False
+    Config, past_len = AdapterConfig, 0
 
     def __init__(self, model: GPT, size: int, seed: int = 0):
         super().__init__()
@@ -84,8 +93,8 @@ class AdapterTuner(nn.Module):
         attach(model, adapters.to(model.lm_head.weight))  # the base's device and dtype
 
     @classmethod
-    def build(cls, model: GPT, tok: tiktoken.Encoding, adapter_size: int, seed: int, **_: object) -> AdapterTuner:
-        return cls(model, adapter_size, seed)
+    def build(cls, model: GPT, tok: tiktoken.Encoding, cfg: AdapterConfig, labels: list[str] = ()) -> AdapterTuner:
+        return cls(model, cfg.adapter_size, cfg.seed)
 
     def adapters(self) -> dict[str, torch.Tensor]:
         """The trained weights, under the names `shapes` gives."""
@@ -95,16 +104,13 @@ class AdapterTuner(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
         return self.model(idx, targets=targets)
 
-    def settings(self) -> dict:
-        return {"adapter_size": self.size}
-
     def counts(self) -> dict[str, float]:
         n_all = sum(p.numel() for p in self.model.parameters())
         n = sum(v.numel() for v in self.adapters().values())
-        return tally(n_all - n, n, n)
+        return param_counts(n_all - n, n, n)
 
-    def save(self, out: Path) -> Path:
-        return write(out / ADAPTER_FILE, self.adapters(), self.model, {"adapter_size": self.size})
+    def save(self, out: Path) -> list[Path]:
+        return [write(out / ADAPTER_FILE, self.adapters(), self.model, {"adapter_size": self.size})]
 
     @staticmethod
     def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[GPT, PastKV | None]:

@@ -1,26 +1,30 @@
 """Checkpoints on disk: Hugging Face GPT-2 folders (config.json, model.safetensors, shards, the hub).
 
-model.py is the model alone; this file reads config.json + model.safetensors (single or sharded, local or from
-the hub, which hub.py fetches) into it and writes them back in Hugging Face's layout, through runfolder.py's safe
-writes. Everything read is checked before anything is allocated, and nothing is ever unpickled.
-    model = from_pretrained("gpt2-medium")          # or a folder, a .safetensors file, hf:owner/name
+model.py is the model alone: GPT.from_pretrained reads config.json and the weights through this file (single or
+sharded, local or fetched from the hub by name) and save_pretrained writes them back in Hugging Face's layout,
+through run.py's safe writes. This file never imports model.py: it deals in config dicts and tensors. Everything
+read is checked before anything is allocated, and nothing is ever unpickled.
+    folder = resolve("gpt2-medium")                 # or a folder, a .safetensors file, hf:owner/name
+    sd, stored = read_state_dict(weight_files(folder), n_layer, torch.float32)
     save_pretrained(model, "out/")                  # transformers' GPT2LMHeadModel.from_pretrained reads it
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import warnings
 from dataclasses import fields
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model import GPT, GPTConfig
-from runfolder import atomic_write, write_json
+from files.run import atomic_write, read_json, write_json
+
+C = TypeVar("C")
 
 CONFIG_CAP = 1 << 20    # bytes of config.json read at most: a link to /dev/zero must not fill memory
 # Hugging Face's GPT-2 uses Conv1D, which stores each weight as (in, out): the transpose of nn.Linear's
@@ -31,6 +35,7 @@ LAYER = re.compile(r"h\.(\d+)\.")
 # config.json fields this model implements only at one value; any other is refused by name.
 FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
          "model_type": "gpt2"}
+HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt"]
 
 
 class CheckpointError(Exception):
@@ -40,38 +45,64 @@ class CheckpointError(Exception):
 # --- reading Hugging Face checkpoints -------------------------------------------------------------------------
 
 def resolve(src: str | Path) -> Path:
-    """A folder, a .safetensors file, or a hub name -> the local folder holding config.json. What is not on disk
-    goes to hub.download, which sends only a bare name or hf:owner/name over the network."""
+    """A folder, a .safetensors file, or a hub name -> the local folder holding config.json."""
     path = Path(src)
     if path.is_dir():
         return path
     if path.is_file():
         return path.parent
-    from hub import download  # imported only now: a name not on disk is the one case that needs the network
     return download(src)
 
 
-def read_config(folder: Path) -> GPTConfig:
-    """config.json -> GPTConfig, read with a size cap; types and ranges checked, unsupported values refused."""
+def download(src: str | Path) -> Path:
+    """A hub name -> the hub cache's folder holding its config.json. Only a bare name (`gpt2-medium`) or
+    `hf:owner/name` goes to the hub: a path with a separator, or a file name (.safetensors, .json), is local, so a
+    typo there is "no such folder" and never sends a local path name over the network. huggingface_hub is imported
+    only here, so it stays optional and a local run never touches the network; only the files this project reads
+    are downloaded, never a pickle."""
+    path, name = Path(src), str(src)
+    if name.startswith("hf:"):
+        name = name[3:]
+    elif "/" in name or os.sep in name or not re.fullmatch(r"[\w.-]+", name) or path.suffix in (".safetensors",
+                                                                                                 ".json"):
+        raise CheckpointError(f"{src}: no such folder (neither a folder, a file nor a hub name). A path with a "
+                              f"separator is read as local; for a hub repository write hf:owner/name.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{src}: not a local folder or file, and huggingface_hub is not installed to fetch "
+                              f"it from the hub. `pip install huggingface_hub`, or pass a local folder.") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo, gated: all end the same way for the user
+        if "NotFound" in type(e).__name__:  # huggingface_hub's RepositoryNotFoundError: a typo, most likely
+            raise CheckpointError(f"{src}: not found on the hub, and no such local folder. Check the spelling "
+                                  f"(gpt2, gpt2-medium, hf:owner/name) or pass a local folder.") from None
+        raise CheckpointError(f"{src}: not a local folder or file, and the hub could not give it ({type(e).__name__}: "
+                              f"{e}). Check the name and your connection, or download it and pass the folder.") from None
+
+
+def read_config(folder: Path, config_class: type[C]) -> C:
+    """config.json -> `config_class` (model.GPTConfig, a dataclass named after config.json's fields), read with a
+    size cap; unsupported values refused by name, types and ranges checked by the dataclass itself."""
     path = folder / "config.json"
     try:
-        with open(path, "rb") as f:
-            text = f.read(CONFIG_CAP + 1)
-        raw = json.loads(text) if len(text) <= CONFIG_CAP else None
+        raw = read_json(path, CONFIG_CAP)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing. A checkpoint folder needs config.json + model.safetensors.") from None
+        raise CheckpointError(f"{path}: missing. Give a checkpoint folder (config.json + model.safetensors) or a "
+                              f"train.py run folder (args.json).") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable ({e}).") from None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: unreadable (expected one JSON object of at most {CONFIG_CAP} bytes).")
+        raise CheckpointError(f"{path}: unreadable (expected one JSON object).")
     if "n_positions" not in raw and "n_ctx" in raw:  # the oldest configs only have n_ctx
         raw["n_positions"] = raw["n_ctx"]
     for key, want in FIXED.items():
         if raw.get(key, want) != want:
             raise CheckpointError(f"{path}: {key}={raw[key]!r} is not implemented (GPT-2 has {want!r}); this "
                                   f"loader reads GPT-2 checkpoints only.")
-    try:  # GPTConfig checks types and ranges itself
-        return GPTConfig(**{f.name: raw[f.name] for f in fields(GPTConfig) if f.name in raw})
+    try:
+        return config_class(**{f.name: raw[f.name] for f in fields(config_class) if f.name in raw})
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}.") from None
 
@@ -106,7 +137,7 @@ def read_state_dict(files: list[Path], n_layer: int, dtype: torch.dtype) -> tupl
     names = [{key: key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
               for key in f.keys() if not BUFFERS.search(key)} for _, f in handles]
     layers = {int(m[1]) for ours in names for m in map(LAYER.search, ours.values()) if m}
-    if layers != set(range(n_layer)):
+    if len(layers) != n_layer or min(layers, default=0) != 0 or max(layers, default=-1) != n_layer - 1:
         raise CheckpointError(f"{files[0].parent}: the weights hold {len(layers)} layers (numbered "
                               f"{min(layers, default=0)}..{max(layers, default=-1)}), config.json says n_layer="
                               f"{n_layer}. Are config.json and the weights from the same model, and are all shards "
@@ -133,11 +164,8 @@ def read_state_dict(files: list[Path], n_layer: int, dtype: torch.dtype) -> tupl
     return sd, stored
 
 
-def check_state_dict(sd: dict[str, torch.Tensor], model: GPT, folder: Path) -> None:
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        expected.pop("lm_head.weight")
-        sd.pop("lm_head.weight", None)  # a saved copy of the tied embedding
+def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Size], folder: Path) -> None:
+    """The checkpoint's names and shapes must be the model's (`expected`, without a tied head) exactly."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     if missing:
@@ -152,28 +180,12 @@ def check_state_dict(sd: dict[str, torch.Tensor], model: GPT, folder: Path) -> N
                                   f"{tuple(shape)}. Are config.json and the weights from the same model?")
 
 
-def from_pretrained(src: str | Path, dtype: torch.dtype | None = None) -> GPT:
-    """Load a GPT-2 without building a random model first. dtype None means float32, the paper's precision: a
-    checkpoint stored in another float type is cast, with a warning that says so, never silently kept."""
-    folder = resolve(src)
-    config = read_config(folder)
-    sd, stored = read_state_dict(weight_files(folder), config.n_layer, dtype or torch.float32)
-    if dtype is None and stored != {torch.float32}:
-        warnings.warn(f"{folder}: weights stored as {sorted(map(str, stored))}, loaded as float32 (ask for "
-                      f"dtype=torch.bfloat16 to keep bfloat16).", stacklevel=2)
-    with torch.device("meta"):  # shapes only: the checkpoint's tensors become the parameters
-        model = GPT(config)
-    check_state_dict(sd, model, folder)
-    model.load_state_dict(sd, strict=False, assign=True)  # strict=False: only the tied lm_head is absent
-    model.tie_weights()  # assign=True replaced wte.weight, so tie the head to the new tensor
-    return model.eval()
-
-
 # --- writing checkpoints, and a base model's identity ------------------------------------------------------
 
-def save_pretrained(model: GPT, folder: str | Path) -> None:
+def save_pretrained(model: torch.nn.Module, folder: str | Path) -> None:
     """Write config.json + model.safetensors in Hugging Face's layout (Conv1D weights transposed back),
-    so transformers' GPT2LMHeadModel.from_pretrained(folder) reads what we trained."""
+    so transformers' GPT2LMHeadModel.from_pretrained(folder) reads what we trained. `model` is a model.GPT (its
+    config a dataclass of config.json's fields)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c = model.config
@@ -186,7 +198,7 @@ def save_pretrained(model: GPT, folder: str | Path) -> None:
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, str(tmp), metadata={"format": "pt"}))
 
 
-def fingerprint(model: GPT) -> str:
+def fingerprint(model: torch.nn.Module) -> str:
     """A cheap identity of a base model: its shape and strided samples of four weights. The samples are rounded to
     bfloat16, so a checkpoint loaded in float32 or in bfloat16 has one fingerprint. A trained prefix or a resumed
     run records it, so neither is ever applied to other weights by mistake."""

@@ -7,14 +7,13 @@ trained with; without them tiktoken's cached "gpt2" (the same bytes under other 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tiktoken
 import tiktoken.load
 
-from checkpoint import CheckpointError
-from runfolder import atomic_write
+from files.checkpoint import CheckpointError
+from files.run import atomic_write, read_capped, read_json
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # tiktoken's source, name and sha256:
@@ -41,14 +40,20 @@ def load_tokenizer(folder: str | Path | None = None) -> tiktoken.Encoding:
                                   f"checkpoint folder, or set TIKTOKEN_CACHE_DIR to a cache that has them.") from None
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     try:
-        ranks = {bytes(byte_of[ch] for ch in tok): i for tok, i in json.loads(vocab.read_text()).items()
-                 if tok != "<|endoftext|>"}
+        ranks = {bytes(byte_of[ch] for ch in tok): i for tok, i in read_json(vocab).items() if tok != "<|endoftext|>"}
         # tiktoken merges by rank alone; GPT-2's ids are its merge order, which merges.txt must confirm.
-        merge_lines = [m for m in merges.read_text().split("\n")[1:] if m.strip()]
+        merge_lines = [m for m in read_capped(merges, 1 << 26).decode().split("\n")[1:] if m.strip()]
         by_token = {bytes(byte_of[ch] for ch in m.strip().replace(" ", "")): i for i, m in enumerate(merge_lines)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{vocab}: not GPT-2's vocab.json/merges.txt ({type(e).__name__}: {e}).") from None
-    if any(ranks.get(tok) != 256 + i for tok, i in by_token.items()):
+    # What tiktoken needs of them, or it raises a TypeError or panics: whole-number ids, one per token, every
+    # single byte among the tokens, and the merges in id order.
+    ids = list(ranks.values())
+    if not all(type(i) is int for i in ids) or len(set(ids)) != len(ids) or any(bytes([b]) not in ranks
+                                                                               for b in range(256)):
+        raise CheckpointError(f"{vocab}: not GPT-2's vocab.json (expected one whole-number id per token, every "
+                              f"byte a token). Copy GPT-2's vocab.json and merges.txt beside the weights.")
+    if len(by_token) != len(ranks) - 256 or any(ranks.get(tok) != 256 + i for tok, i in by_token.items()):
         raise CheckpointError(f"{merges}: merge order disagrees with {vocab}; not GPT-2's byte-level BPE files.")
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": len(ranks)})

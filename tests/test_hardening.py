@@ -1,0 +1,296 @@
+"""What a crash, a newcomer and a hostile user met (issue 24): each case checked through the public functions.
+
+A crash: a run killed by -9 leaves only the kernel's lock, which dies with it, so the same command runs again with
+no manual step; a run killed before its first checkpoint resumes from step 0; SIGINT saves and exits with 130, so
+`train.py && beam.py` stops; --resume on a finished run rewrites nothing. A newcomer: --overwrite leaves nothing of
+the old run (no stale best/ to decode); beam.py refuses a run that did not finish, or whose trained file changed
+since (done.json's sha256), and an --out that is an input. A hostile user: JSON nested 100,000 deep, a FIFO,
+/dev/zero-sized promises (n_layer 10**9), a vocab.json tiktoken would choke on, unknown JSONL keys, lone
+surrogates, non-string requests: each is one clear error, fast, never a RecursionError, a hang, an OOM or a panic.
+    python -m pytest -q tests/test_hardening.py
+"""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import beam
+import cli
+import train
+from conftest import ROOT
+from files.checkpoint import CheckpointError
+from files.datasets import DataError, jsonl_rows, read_text
+from files.decoding import check_out, read_requests
+from files.run import DONE_FILE, RunFolderError, read_run
+from files.tokenizer import load_tokenizer
+from model import GPT
+
+
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch):  # the loss plot costs seconds a run, and no test here looks at it
+    for module in (cli, train):
+        monkeypatch.setattr(module, "line_plot", lambda *a, **k: True)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rows = [{"source": f"name : Place{i} | food : Thai", "target": f"Place{i} serves Thai food."} for i in range(8)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    (folder / "prompts.txt").write_text("name : Alimentum\n")
+    return folder
+
+
+def argv(out, data_dir, *extra) -> list[str]:
+    """A tiny prefix run on CPU from a random base (nothing to download, nothing to convert)."""
+    return ["--init-from", "random:tiny", "--data-dir", str(data_dir), "--train-split", "train.jsonl",
+            "--valid-split", "", "--batch-size", "2", "--log-every", "1", "--device", "cpu", "--out-dir", str(out),
+            *extra]
+
+
+def decode_args(run, data_dir, tmp_path) -> list[str]:
+    return ["--ckpt", str(run), "--prompts", str(data_dir / "prompts.txt"), "--beams", "1", "--max-new-tokens", "1",
+            "--out", str(tmp_path / "o.jsonl")]
+
+
+def beam_refused(args: list[str], match: str) -> str:
+    """beam.main must end in its one-line error naming `match`."""
+    with pytest.raises(SystemExit) as e:
+        beam.main(args)
+    message = str(e.value.code)
+    assert message.startswith("beam.py: error:") and match in message and "\n" not in message, message
+    return message
+
+
+def steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def snapshot(folder) -> dict:
+    """Every file's bytes and mtime, but the lock's: a process that merely looks takes the lock (and writes its pid)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and p.name != ".lock"}
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail, rather than hang the suite, if the body blocks (a FIFO read): SIGALRM interrupts the blocking call."""
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def done_run(data_dir, tmp_path_factory):
+    """A finished 2-step prefix run (done.json written), for the tests that look at or damage a copy of it."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    train.main(argv(out, data_dir, "--max-steps", "2"))
+    assert (out / DONE_FILE).is_file() and (out / "prefix.safetensors").is_file()
+    return out
+
+
+# --- a crash ------------------------------------------------------------------------------------------------
+
+def test_live_run_refused_by_pid_and_dead_one_needs_no_cleanup(data_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    hold = ("import fcntl, os, sys, time\n"
+            "f = open(sys.argv[1], 'a+')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "f.truncate(0); f.write(str(os.getpid())); f.flush()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(RunFolderError, match=rf"another train.py \(pid {holder.pid}\)") as e:
+            train.main(argv(out, data_dir, "--max-steps", "1"))
+        assert "\n" not in str(e.value)
+        assert sorted(os.listdir(out)) == [".lock"]  # nothing of the refused run written
+    finally:
+        holder.kill()  # -9: no handler runs, no cleanup
+        holder.wait(timeout=30)
+    assert (out / ".lock").read_text() == str(holder.pid)  # the dead run's lock file stays, naming it
+    train.main(argv(out, data_dir, "--max-steps", "1"))  # the same command, no manual step
+    assert (out / DONE_FILE).is_file() and steps(out) == [1]
+
+
+def test_resume_before_the_first_checkpoint_starts_from_step_0(data_dir, tmp_path, monkeypatch, capsys):
+    out, real = tmp_path / "out", train.save_step
+
+    def killed(*a, **k):  # the run dies right after its first log row, long before --save-every 100
+        real(*a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv(out, data_dir, "--max-steps", "3", "--save-every", "100"))
+    monkeypatch.setattr(train, "save_step", real)
+    assert (out / "args.json").is_file() and steps(out) == [1] and not (out / "resume" / "state.json").exists()
+    capsys.readouterr()
+    train.main(argv(out, data_dir, "--max-steps", "3", "--save-every", "100", "--resume"))
+    assert "no checkpoint yet" in capsys.readouterr().out
+    assert (out / DONE_FILE).is_file() and steps(out) == [1, 2, 3]  # the dead run's row replaced, not kept twice
+
+
+def test_resume_of_a_finished_run_rewrites_nothing(done_run, data_dir, tmp_path, capsys):
+    out = shutil.copytree(done_run, tmp_path / "run")
+    before = snapshot(out)
+    capsys.readouterr()
+    train.main(argv(out, data_dir, "--max-steps", "2", "--resume"))
+    assert "already complete" in capsys.readouterr().out
+    assert snapshot(out) == before
+
+
+def test_sigint_saves_and_exits_130(data_dir, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "stdout.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *argv(out, data_dir, "--max-steps", "100000", "--save-every",
+                                                         "100000")]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        start = time.monotonic()
+        while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() - start < 120, "no log row after 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log.read_text()
+    assert code == 128 + signal.SIGINT == 130, output
+    assert "stopped by SIGINT" in output, output
+    state = json.loads((out / "resume" / "state.json").read_text())
+    assert state["step"] >= 1 and (out / "resume" / state["file"]).is_file()
+    assert not (out / DONE_FILE).exists() and not (out / "prefix.safetensors").exists()
+
+
+# --- a newcomer -----------------------------------------------------------------------------------------------
+
+def test_overwrite_leaves_nothing_of_the_old_run(data_dir, tmp_path):
+    out = tmp_path / "out"
+    train.main(argv(out, data_dir, "--max-steps", "3", "--valid-split", "valid.jsonl"))  # run A: with best/
+    assert (out / "best" / DONE_FILE).is_file() and (out / "resume" / "step3.safetensors").is_file()
+    train.main(argv(out, data_dir, "--max-steps", "2", "--overwrite"))  # run B: no validation, so no best/
+    assert not (out / "best").exists()
+    assert sorted(p.name for p in (out / "resume").iterdir()) == ["state.json", "step2.safetensors"]
+    assert steps(out) == [1, 2] and json.loads((out / "args.json").read_text())["max_steps"] == 2
+    beam_refused(decode_args(out / "best", data_dir, tmp_path), "no such folder")  # never A's best weights
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_beam_refuses_an_unfinished_or_changed_run(done_run, data_dir, tmp_path):
+    out = shutil.copytree(done_run, tmp_path / "run")
+    beam.main(decode_args(out, data_dir, tmp_path))  # the finished run decodes
+    assert (tmp_path / "o.jsonl").is_file()
+    (tmp_path / "o.jsonl").unlink()
+    done = (out / DONE_FILE).read_bytes()
+    (out / DONE_FILE).unlink()
+    beam_refused(decode_args(out, data_dir, tmp_path), "not finished")
+    assert "--resume" in beam_refused(decode_args(out, data_dir, tmp_path), "not finished")
+    (out / DONE_FILE).write_bytes(done)
+    weights = out / "prefix.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the tensors: same size, still a readable file
+    weights.write_bytes(bytes(data))
+    beam_refused(decode_args(out, data_dir, tmp_path), "changed since training")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_out_equal_to_an_input_is_refused(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("name : Alimentum\n")
+    before = (prompts.read_bytes(), prompts.stat().st_mtime_ns)
+    for out in (str(prompts), str(tmp_path / "." / "prompts.txt")):
+        with pytest.raises(DataError, match="also an input"):
+            check_out(out, False, [str(prompts)])
+    assert (prompts.read_bytes(), prompts.stat().st_mtime_ns) == before
+    assert check_out(str(tmp_path / "o.jsonl"), False, [str(prompts)]) == tmp_path / "o.jsonl"  # another file: fine
+
+
+# --- a hostile user ---------------------------------------------------------------------------------------------
+
+def test_deeply_nested_json_is_an_error_not_a_recursion(tmp_path):
+    deep = "[" * 100_000
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text(deep)
+    with pytest.raises(RunFolderError, match="nested too deeply"):
+        read_run(tmp_path / "run")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(deep)
+    with pytest.raises(CheckpointError, match="config.json"):
+        GPT.from_pretrained(tmp_path / "ckpt")
+
+
+def test_fifo_as_prompts_is_refused_at_once(done_run, data_dir, tmp_path):
+    fifo = tmp_path / "prompts.fifo"
+    os.mkfifo(fifo)  # no writer: reading it would block forever
+    args = [*decode_args(done_run, data_dir, tmp_path)]
+    args[args.index("--prompts") + 1] = str(fifo)
+    with deadline(60):
+        message = beam_refused(args, str(fifo))
+    assert "regular file" in message
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("vocab", [{"!": "x"}, {"!": 0}])
+def test_bad_vocab_json_is_a_checkpoint_error(vocab, done_run, tmp_path):
+    folder = shutil.copytree(done_run / "base", tmp_path / "ckpt")  # a tiny checkpoint: config.json + weights
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("")
+    with pytest.raises(CheckpointError, match="vocab.json"):
+        load_tokenizer(folder)
+
+
+def test_unknown_jsonl_keys_are_named(data_dir, tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"label": "a", "text": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl:1: .*\['label', 'text'\]"):
+        jsonl_rows(read_text(path), str(path))
+    with pytest.raises(DataError, match=r"\['label', 'text'\]"):  # train.py, before any folder is made
+        train.main(argv(tmp_path / "out", tmp_path, "--max-steps", "1"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_lone_surrogate_is_refused_where_it_is_read(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"source": "name : A", "target": "ok"}\n{"source": "name : B", "target": "x \\ud800 y"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: 'target'.*surrogate"):
+        jsonl_rows(read_text(path), str(path))
+
+
+@pytest.mark.parametrize("bad", [{"prefix": "p.safetensors", "source": None}, {"prefix": "p", "source": ["a", 1]},
+                                 {"prefix": "p", "source": 5}, {"prefix": "p", "source": ""}, ["p", "a"]])
+def test_requests_need_two_non_empty_strings(bad, tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_text(json.dumps({"prefix": "p", "source": "name : A"}) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match="line 2"):
+        read_requests(str(path))
+
+
+def test_huge_n_layer_is_refused_before_allocating(done_run, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to(done_run / "base" / "model.safetensors")  # 2 layers
+    config = json.loads((done_run / "base" / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"n_layer": 10**9}))
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match="n_layer=1000000000"):
+        GPT.from_pretrained(folder)
+    assert time.monotonic() - start < 2
