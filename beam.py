@@ -16,7 +16,7 @@ examples:
     python beam.py --ckpt base/ --prefix pos.safetensors:0.7 --prefix neg.safetensors:0.3 --prompts p.txt
     python beam.py --ckpt base/ --requests reqs.jsonl --out out.jsonl    # many tasks (prefixes), one stream
     torchrun --nproc-per-node 4 beam.py --ckpt out/ --data-dir ../shared/data/e2e --out out/test.jsonl --device cuda
-In Python: hyps = beam_search(model, [prompt_ids, ...], BeamConfig(beams=5), past_kv, batch_size=10)
+    hyps = beam_search(model, [prompt_ids, ...], BeamConfig(beams=5), past_kv, batch_size=10)   # in Python
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 
 import data
-from cli import arg, end_ddp, gather, parse, pick_device, progress, share, start_ddp
+from cli import arg, check_memory, end_ddp, gather, parse, pick_device, progress, share, start_ddp
 from files.checkpoint import CheckpointError, fingerprint
 from files.datasets import DataError
 from files.decoding import check_out, read_requests, write_results
 from files.run import RunFolderError
-from generate import DecodeError, Hyp, SampleConfig, check_lengths, prefill, rows_of_past, sample, decode_sources
+from generate import (DecodeError, Hyp, SampleConfig, StaticStep, check_lengths, decode_bytes, decode_sources,
+                      prefill, rows_of_past, sample)
 from model import GPT, PastKV, past_len
 from prefix import PrefixError
 from tuners import open_run, requests_past
@@ -173,15 +174,17 @@ class Rows:
 @torch.no_grad()
 def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
            past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None,
-           batch_size: int | None = None) -> Iterator[tuple[int, Hyp]]:
+           batch_size: int | None = None, static: bool = False) -> Iterator[tuple[int, Hyp]]:
     """Yield (i, best hypothesis of prompt i) as prompts finish. past_kv: per layer (U, H, P, D), the prefixes;
-    past_mask (U, P), past_rows: as generate.rows_of_past; batch_size: prompts decoded at once (default: all)."""
+    past_mask (U, P), past_rows: as generate.rows_of_past; batch_size: prompts decoded at once (default: all);
+    static: each step a generate.StaticStep over all rows and columns (a CUDA graph on CUDA), the same tokens."""
     dev, N, K, P = model.lm_head.weight.device, len(prompts), cfg.beams, past_len(past_kv)
     check_lengths(prompts, P, cfg.max_new_tokens, model.config.n_positions)
     past_mask, past_rows = rows_of_past(past_kv, past_mask, past_rows, N, dev)
     width, nb = P + max(map(len, prompts)), min(batch_size or N, N)  # width: the most columns a prompt reads
     # A live row spans at most width + max_new_tokens columns, and `compact` leaves fewer than SLACK dead ones.
     rows = Rows(model, nb * K, width + cfg.max_new_tokens + SLACK, c=width)
+    step = StaticStep(model, rows.kv, rows.mask, rows.toks) if static else None
     waiting, slots, start = deque(range(N)), [], []  # prompts not begun; per slot its prompt, first output column
     pools: list[list[Hyp]] = [[] for _ in range(N)]
     beam_scores = torch.zeros(0, K, device=dev)                              # (n, K)
@@ -228,7 +231,9 @@ def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastK
             slots, start, beam_scores = slots[:-1], start[:-1], beam_scores[:-1]
         R = len(slots) * K
         logits = logits[:0]
-        if R:
+        if R and step:
+            logits = step(c)[:R]                                              # (R, V)
+        elif R:
             kv = [(k[:R], v[:R]) for k, v in rows.kv]                         # (R, H, W, D) views
             logits = model(rows.toks[:R, c:c + 1], past_kv=kv, attention_mask=rows.mask[:R, :c + 1],
                            last_only=True, write_at=c).logits[:, -1]          # (R, V)
@@ -243,15 +248,13 @@ def stream(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastK
 
 def beam_search(model: GPT, prompts: list[list[int]], cfg: BeamConfig, past_kv: PastKV | None = None,
                 past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None,
-                batch_size: int | None = None) -> list[Hyp]:
+                batch_size: int | None = None, static: bool = False) -> list[Hyp]:
     """The best hypothesis per prompt, in input order (`stream`'s arguments)."""
-    best = dict(stream(model, prompts, cfg, past_kv, past_mask, past_rows, batch_size))
+    best = dict(stream(model, prompts, cfg, past_kv, past_mask, past_rows, batch_size, static))
     return [best[i] for i in range(len(prompts))]
 
 
 # --- the command -------------------------------------------------------------------------------------------
-
-# --- command line ---------------------------------------------------------------------------------------
 
 @dataclass
 class DecodeConfig:
@@ -282,12 +285,12 @@ class DecodeConfig:
                               "score: sum log p of the sampled tokens under the filtered distribution")
     temperature: float = arg(SampleConfig.temperature, "with --sample: logits / T", min=0, strict=True)
     top_k: int = arg(SampleConfig.top_k, "with --sample: keep the K most likely tokens; 0 = all", min=0)
-    top_p: float = arg(SampleConfig.top_p, "with --sample: keep the most likely tokens holding mass P; 1 = all", min=0)
+    top_p: float = arg(SampleConfig.top_p, "with --sample: keep the likeliest tokens holding mass P", min=0, max=1)
     seed: int = arg(SampleConfig.seed, "with --sample: same seed, prompts and --batch-size, same samples", min=0)
     num_return: int = arg(SampleConfig.num_return, "with --sample: samples per prompt, one row each", min=1)
-    batch_size: int = arg(10, "prompts decoded at once, each with K beams; a finished one's rows go to the next",
-                          min=1)
-    device: str = arg("cpu", "cpu, cuda, cuda:1, ...")
+    batch_size: int = arg(10, "prompts decoded at once, K beams each; a finished one's rows go to the next", min=1)
+    graph: bool = arg(False, "beam search at fixed shapes, a step captured once as a CUDA graph (same outputs)")
+    device: str = arg("auto", "auto (CUDA when there is one), cpu, cuda, cuda:N")
     dtype: str = arg("float32", "model weights", choices=("float32", "bfloat16"))
     limit: int = arg(0, "only the first N prompts (sources), for smoke runs; 0: all", min=0)
 
@@ -322,14 +325,15 @@ def search_config(cfg: DecodeConfig, vocab_size: int, eos: int, templated: bool)
 
 
 def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: PastKV | None, batch_size: int,
-               past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None) -> list[Hyp] | None:
+               past_mask: torch.Tensor | None = None, past_rows: list[int] | None = None,
+               static: bool = False) -> list[Hyp] | None:
     """Every prompt's best hypothesis, in input order, decoded as one stream (`stream`). Under torchrun each
     process streams its share of the prompts and rank 0 gathers them all (the other ranks get None)."""
     mine = share(len(prompts))
     rows = None if past_rows is None else [past_rows[i] for i in mine]
     found = {}
     if mine:
-        hyps = stream(model, [prompts[i] for i in mine], search, past, past_mask, rows, batch_size)
+        hyps = stream(model, [prompts[i] for i in mine], search, past, past_mask, rows, batch_size, static)
         found = {mine[i]: hyp for i, hyp in progress(hyps, len(mine), "prompt")}
     return gather(found, len(prompts))
 
@@ -340,7 +344,9 @@ def decode(cfg: DecodeConfig) -> None:
     given = bool(cfg.prompts) + bool(cfg.data_dir) + bool(cfg.requests)
     if given > 1 or (given == 0 and not (cfg.label or cfg.prefix)):
         raise DecodeError("give one of --prompts FILE, --data-dir DIR and --requests FILE (or --label / --prefix to "
-                        "generate from no source).")
+                          "generate from no source).")
+    if cfg.num_return > 1 and not cfg.sample:
+        raise DecodeError("--num-return is for --sample: beam search gives each prompt its best hypothesis.")
     device, _, world = start_ddp(pick_device(cfg.device, DecodeError))  # torchrun: one stream per process and GPU
     out = check_out(cfg.out, bool(cfg.data_dir), [cfg.prompts, cfg.requests])
     model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), device, cfg.allow_other_base, cfg.prefix,
@@ -355,6 +361,9 @@ def decode(cfg: DecodeConfig) -> None:
     prompts = [data.prompt_ids(tok, s) if templated else tok.encode(s, allowed_special="all") for s in sources]
     search = search_config(cfg, model.config.vocab_size, tok.eot_token, templated)
     check_lengths(prompts, past_len(past), search.max_new_tokens, model.config.n_positions)  # before hours, not after
+    K, cols = cfg.num_return if cfg.sample else cfg.beams, past_len(past) + max(map(len, prompts)) + cfg.max_new_tokens
+    check_memory(f"--batch-size {cfg.batch_size}, --{'num-return' if cfg.sample else 'beams'} {K}",
+                 decode_bytes(model, min(cfg.batch_size, len(prompts)) * K, cols), DecodeError, device)
     sampling = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                             num_return=cfg.num_return, max_new_tokens=cfg.max_new_tokens,
                             min_new_tokens=cfg.min_new_tokens, banned=search.banned) if cfg.sample else None
@@ -366,7 +375,7 @@ def decode(cfg: DecodeConfig) -> None:
         sources = [s for s in sources for _ in range(cfg.num_return)]
         names = names and [n for n in names for _ in range(cfg.num_return)]
     else:
-        hyps = run_search(model, prompts, search, past, cfg.batch_size, past_mask, past_rows)
+        hyps = run_search(model, prompts, search, past, cfg.batch_size, past_mask, past_rows, cfg.graph)
     if hyps is None:  # a torchrun rank other than 0: rank 0 writes
         return
     junk = [i for i, h in enumerate(hyps, 1) if not math.isfinite(h.score)]  # NaN logits: overflowed prefix/weights

@@ -30,9 +30,10 @@ C = TypeVar("C")
 T = TypeVar("T")
 
 
-def arg(default: Any, help: str, *, min: float | None = None, strict: bool = False, **kw: Any) -> Any:
-    """A flag: its default, help text, and the smallest allowed value (strict: the value must exceed it)."""
-    return field(default=default, metadata=dict(help=help, min=min, strict=strict, argparse=kw))
+def arg(default: Any, help: str, *, min: float | None = None, strict: bool = False, max: float | None = None,
+        **kw: Any) -> Any:
+    """A flag: its default, help text, the smallest allowed value (strict: the value must exceed it), the largest."""
+    return field(default=default, metadata=dict(help=help, min=min, strict=strict, max=max, argparse=kw))
 
 
 def add_flags(p: argparse.ArgumentParser, cls: type) -> None:
@@ -61,14 +62,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def out_of_range(f: Field, value: Any) -> str | None:
     """Why `value` is refused for field `f`, or None."""
-    low, strict = f.metadata.get("min"), f.metadata.get("strict")
-    if low is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+    low, strict, high = f.metadata.get("min"), f.metadata.get("strict"), f.metadata.get("max")
+    if (low, high) == (None, None) or not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
-    if value < low or (strict and value == low):
+    if low is not None and (value < low or (strict and value == low)):
         return f"must be {'greater than' if strict else 'at least'} {low:g}"
-    return None
+    return f"must be at most {high:g}" if high is not None and value > high else None
 
 
 def parse(cls: type[C], argv: list[str] | None, description: str | None, error: type[Exception]) -> C:
@@ -97,6 +98,18 @@ def pick_device(name: str, error: type[Exception]) -> torch.device:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise error(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...).")
     return device
+
+
+def check_memory(what: str, need: float, error: type[Exception], device: torch.device | None = None) -> None:
+    """Refuse `need` bytes before allocating them: a number a few digits too long would end in a MemoryError
+    traceback, or the OOM killer's silent kill. The bound is all of the device's memory (a GPU's, else this
+    machine's), not what is free now, so nothing that could fit is refused."""
+    cuda = device is not None and device.type == "cuda"
+    have = torch.cuda.get_device_properties(device).total_memory if cuda else \
+        os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have:
+        raise error(f"{what}: needs about {need / 2**30:.3g} GiB of memory, {'the GPU' if cuda else 'this machine'} "
+                    f"has {have / 2**30:.3g} GiB. Use a smaller value.")
 
 
 # --- torchrun: data parallel training, sharded decoding ------------------------------------------------------

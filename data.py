@@ -117,10 +117,15 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, bucket: bool =
     return batches
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, pad_to: int = 0,
+            max_len: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest example: (idx, targets), each (B, T). Padding targets are IGNORE, and with
-    the causal mask a real token never sees the padding after it, so no attention mask is needed."""
+    the causal mask a real token never sees the padding after it, so no attention mask is needed and the loss
+    is the same however far a batch is padded. pad_to rounds T up to a multiple of it (never past max_len, the
+    positions the model has left): a compiled step then meets a few shapes, not one per batch, and is reused."""
     T = max(len(idx) for idx, _ in examples)
+    if pad_to:
+        T = max(T, min(-(-T // pad_to) * pad_to, max_len))
     idx = torch.tensor([i + [pad_id] * (T - len(i)) for i, _ in examples])       # (B, T)
     targets = torch.tensor([t + [IGNORE] * (T - len(t)) for _, t in examples])  # (B, T)
     return idx, targets
@@ -145,9 +150,10 @@ def example(tok: tiktoken.Encoding, row: Row, labels: list[str]) -> tuple[list[i
     return (*example_ids(tok, row.source, row.target), labels.index(row.label) if labels else 0)
 
 
-def batch_of(examples: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_of(examples: list, pad_id: int, pad_to: int = 0, max_len: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """collate, and each row's label index (B,)."""
-    idx, targets = collate([(i, t) for i, t, _ in examples], pad_id)  # (B, T) each
+    idx, targets = collate([(i, t) for i, t, _ in examples], pad_id, pad_to, max_len)  # (B, T) each
     return idx, targets, torch.tensor([task for _, _, task in examples])
 
 
@@ -156,9 +162,9 @@ class Batches:
     run draws exactly the batches the uninterrupted one would have. Each process takes every world-th batch."""
 
     def __init__(self, examples: list, batch_size: int, grad_accum: int, seed: int, bucket: bool, world: int,
-                 rank: int, pad_id: int):
+                 rank: int, pad_id: int, pad_to: int = 0, max_len: int = 0):
         self.examples, self.batch_size, self.seed, self.bucket = examples, batch_size, seed, bucket
-        self.world, self.rank, self.pad_id = world, rank, pad_id
+        self.world, self.rank, self.pad = world, rank, (pad_id, pad_to, max_len)  # collate's padding
         self.lengths = [len(idx) for idx, _, _ in examples]
         n = len(epoch_batches(self.lengths, batch_size, seed)) // world
         self.per_epoch = n // grad_accum * grad_accum  # micro-batches per epoch and process
@@ -170,4 +176,4 @@ class Batches:
         if epoch != self.epoch:
             self.epoch = epoch
             self.order = epoch_batches(self.lengths, self.batch_size, self.seed + epoch, self.bucket)
-        return batch_of([self.examples[i] for i in self.order[pos * self.world + self.rank]], self.pad_id)
+        return batch_of([self.examples[i] for i in self.order[pos * self.world + self.rank]], *self.pad)

@@ -82,6 +82,12 @@ def decode_sources(data_dir: str, split: str, prompts: str, limit: int, run: dic
     return read_prompts(prompts)[:limit or None], None, templated
 
 
+def decode_bytes(model: GPT, rows: int, cols: int) -> int:
+    """Memory a decode of `rows` rows over `cols` columns needs: each row's keys and values, and 3 float32 logits."""
+    c, size = model.config, model.lm_head.weight.element_size()
+    return rows * (2 * c.n_layer * c.n_embd * cols * size + 12 * c.vocab_size)
+
+
 def rows_of_past(past_kv: PastKV | None, past_mask: torch.Tensor | None, past_rows: list[int] | None, N: int,
                  device: torch.device) -> tuple[torch.Tensor | None, list[int]]:
     """The key mask (U, P) of the U pasts (all real when None; prefix.stack left-pads) and each of the N prompts'
@@ -91,6 +97,50 @@ def rows_of_past(past_kv: PastKV | None, past_mask: torch.Tensor | None, past_ro
     U, P = past_kv[0][0].size(0), past_len(past_kv)
     mask = (torch.ones(1, P) if past_mask is None else past_mask).long().to(device).expand(U, P)  # (U, P)
     return mask, past_rows or [0 if U == 1 else i for i in range(N)]
+
+
+class StaticStep:
+    """One decoding step at fixed shapes: every row (R) and column (W) of a preallocated cache, the column written a
+    tensor. Shapes and addresses never change, so on CUDA the step is captured once as a CUDA graph and replayed:
+    one launch where the eager forward launches a dozen kernels per layer, which is what a decoding step waits on.
+    Elsewhere it runs eagerly, or under torch.compile. The caller keeps the buffers' addresses and has set column c
+    of each live row (its token in toks, 1 in mask); a row with nothing there computes junk that nobody reads.
+        step = StaticStep(model, kv, mask, toks)     # kv per layer (R, H, W, D); mask, toks (R, W)
+        logits = step(c)                             # (R, V), for every row's token at column c
+    """
+
+    def __init__(self, model: GPT, kv: PastKV, mask: torch.Tensor, toks: torch.Tensor, compile: bool = False):
+        self.model, self.kv, self.mask, self.toks = model, kv, mask, toks
+        self.c = torch.zeros(1, dtype=torch.long, device=mask.device)          # (1,) the column, the graph's input
+        self.cols = torch.arange(mask.size(1), device=mask.device)              # (W,)
+        self.graph, self.logits = None, None
+        self.run = torch.compile(self.forward, dynamic=False) if compile else self.forward
+
+    def forward(self) -> torch.Tensor:
+        """Logits (R, V) of every row's token at column c, its keys and values written there."""
+        # Keys a row sees: its real ones up to c (columns past c hold what `compact` left behind), and c itself, so a
+        # row with none (no prompt in it) still attends somewhere and stays finite.
+        sees = (self.mask.bool() & (self.cols <= self.c)) | (self.cols == self.c)  # (R, W)
+        idx = self.toks[:, self.c].clamp(min=0)                                # (R, 1); -1 (no token) reads id 0
+        return self.model(idx, past_kv=self.kv, attention_mask=sees, last_only=True, write_at=self.c).logits[:, -1]
+
+    def __call__(self, c: int) -> torch.Tensor:
+        self.c.fill_(c)
+        if self.c.device.type != "cuda":
+            return self.run()
+        if self.graph is None:
+            # Warm up on a side stream, as torch.cuda.graphs asks, then record. The warm-up is this very step (it
+            # writes column c's keys, the replay writes the same), so nothing is computed twice that matters.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.run()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self.run()                                        # (R, V), rewritten by each replay
+        self.graph.replay()
+        return self.logits
 
 
 # --- sampling ----------------------------------------------------------------------------------------------------

@@ -98,12 +98,18 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, attn_mask: torch.Tensor | None,
-                write_at: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                write_at: int | torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if past is not None and write_at is not None:
-            # A preallocated cache (search.py): the new keys/values are written into it, in place, and attention
+        if past is not None and isinstance(write_at, torch.Tensor):
+            # The same cache at fixed shapes (generate.StaticStep): the column is a tensor (1,), not a number, so one
+            # captured step serves every column; attention reads all W columns, attn_mask hides the unused ones.
+            past[0].index_copy_(2, write_at, k)
+            past[1].index_copy_(2, write_at, v)
+            k, v = past                                                              # (B, H, W, D)
+        elif past is not None and write_at is not None:
+            # A preallocated cache (beam.py): the new keys/values are written into it, in place, and attention
             # reads its filled columns as a view, so a decoding step does not copy the whole past as cat does.
             past[0][:, :, write_at:write_at + T], past[1][:, :, write_at:write_at + T] = k, v
             k, v = past[0][:, :, :write_at + T], past[1][:, :, :write_at + T]     # (B, H, S, D), S = write_at + T
@@ -119,7 +125,12 @@ class CausalSelfAttention(nn.Module):
         elif attn_mask is None:
             # With a past, the causal mask is aligned bottom-right: new token t sees all P past slots and
             # new tokens 0..t. is_causal=True would align it top-left and hide most of the past.
-            mask = causal_lower_right(T, S) if T > 1 else None
+            if T == 1:
+                mask = None
+            elif torch.compiler.is_compiling():  # building CausalBias, a tensor subclass, breaks the graph
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)     # (T, S)
+            else:
+                mask = causal_lower_right(T, S)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
@@ -150,14 +161,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, attn_mask: torch.Tensor | None,
-                write_at: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                write_at: int | torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         a, present = self.attn(self.ln_1(x), past, attn_mask, write_at)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 
 
 class GPTOutput(NamedTuple):
-    logits: torch.Tensor                # (B, T, V); (B, 1, V) with last_only; (N, V) at the N targets
+    logits: torch.Tensor                # (B, T, V); (B, 1, V) with last_only; (N, V) at the N targets (eager)
     loss: torch.Tensor | None           # mean cross-entropy over targets != IGNORE
     present_kv: PastKV | None           # with use_cache: per layer (k, v), each (B, H, S, D)
 
@@ -209,13 +220,17 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, past_kv: PastKV | None = None, attention_mask: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, use_cache: bool = False, last_only: bool = False,
-                embeds: torch.Tensor | None = None, write_at: int | None = None) -> GPTOutput:
+                embeds: torch.Tensor | None = None, write_at: int | torch.Tensor | None = None) -> GPTOutput:
         """idx (B, T); past_kv per layer (B or 1, H, P, D); attention_mask (B, P+T) with 1 = real key.
         embeds (B, T, C), if given, replaces wte(idx) (input-level tuning feeds its own vectors).
-        write_at: past_kv are preallocated (B, H, W, D), filled up to this column (P = write_at); T more are written."""
+        write_at: past_kv are preallocated (B, H, W, D), filled up to this column (P = write_at); T more are written.
+        A tensor (1,) instead: T = 1, attention_mask (B, W), 1 = a key the new token sees (its own column too)."""
         B, T = idx.shape
         P = write_at if write_at is not None else 0 if past_kv is None else past_kv[0][0].size(2)
-        if attention_mask is None:
+        if isinstance(write_at, torch.Tensor):
+            pos = attention_mask.sum(-1, keepdim=True) - 1                      # (B, 1) real keys before it
+            attn_mask = attention_mask.bool()[:, None, None, :]                 # (B, 1, 1, W)
+        elif attention_mask is None:
             # Positions continue after the past (P..P+T-1), as in a KV cache and in the paper's code.
             pos = torch.arange(P, P + T, device=idx.device).expand(B, T)      # (B, T)
             attn_mask = None
@@ -236,9 +251,15 @@ class GPT(nn.Module):
         # Only positions with a target need logits. The head (C × V) is the widest matmul, and an E2E
         # example's source half has no target (the loss covers the table's text only), so this skips
         # about half of the head's work and memory in training.
-        keep = targets != IGNORE                                          # (B, T)
-        logits = self.lm_head(x[keep])                                          # (N, V)
-        loss = F.cross_entropy(logits.float(), targets[keep])
+        if torch.compiler.is_compiling():
+            # A compiled step keeps its shapes static (train.py --compile replays one graph per batch shape), and
+            # x[keep] has a new row count every batch: there the head runs at every position, padding ignored.
+            logits = self.lm_head(x)                                            # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        else:
+            keep = targets != IGNORE                                            # (B, T)
+            logits = self.lm_head(x[keep])                                      # (N, V)
+            loss = F.cross_entropy(logits.float(), targets[keep])
         return GPTOutput(logits, loss, present_kv if use_cache else None)
 
     @classmethod

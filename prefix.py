@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import check_memory
 from files import tuned
 from files.run import read_run
 from model import GPT, GPTConfig, GPTOutput, PastKV, param_counts
@@ -66,7 +67,10 @@ class Prefix(nn.Module):
         if prefix_len < 1 or prefix_mid < 1:
             raise PrefixError(f"prefix_len={prefix_len}, prefix_mid={prefix_mid}: both must be at least 1.")
         self.n_layer, self.n_head, self.parameterization = config.n_layer, config.n_head, parameterization
-        self.width = 2 * config.n_layer * config.n_embd
+        self.width = W = 2 * config.n_layer * config.n_embd
+        C, P, M = config.n_embd, prefix_len, prefix_mid  # in float32, with its gradient and AdamW's 2 moments:
+        n = P * C + (C + 1) * M + (M + 1) * W if parameterization == "mlp" else P * W  # 16 bytes a parameter
+        check_memory(f"--prefix-len {P}, --prefix-mid {M}", 16 * n, PrefixError)
         with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left as it was
             torch.manual_seed(seed)
             if parameterization == "mlp":

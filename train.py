@@ -26,9 +26,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from cli import Meter, any_rank, arg, end_ddp, line_plot, parse, peak_tflops, pick_device, progress, start_ddp
+from cli import (Meter, any_rank, arg, check_memory, end_ddp, line_plot, parse, peak_tflops, pick_device, progress,
+                 start_ddp)
 from data import TEMPLATE, Batches, batch_of, example, read_rows, subset, task_labels
-from files.checkpoint import CheckpointError, fingerprint, resolve, save_pretrained
+from files.checkpoint import CheckpointError, fingerprint, n_params, resolve, save_pretrained
 from files.datasets import DataError
 from files.run import (DONE_FILE, LOG_FILE, RUN_FILE, RunFolderError, atomic_write, claim, log_rows, mark_done,
                        read_log, resume_from, save_step, val_losses, write_json)
@@ -43,8 +44,10 @@ LR = {"prefix": 8e-5, "fine": 5e-5, "fine-top2": 5e-5, "adapter": 5e-5, "embeddi
 
 @dataclass
 class TrainConfig:
-    tuner: str = arg("prefix", "prefix: train P virtual tokens, GPT-2 frozen; fine: train every weight",
-                     choices=tuple(TUNERS))
+    tuner: str = arg("prefix", "what learns: prefix (P keys/values in every layer, GPT-2 frozen, §4; --infix "
+                     "puts them between source and target, §7.3), embedding (only P input embeddings, §7.2), "
+                     "adapter (a bottleneck after every block, --adapter-size), fine (every weight), fine-top2 (the "
+                     "top 2 blocks)", choices=tuple(TUNERS))
     init_from: str = arg("gpt2-medium", "base: folder, hub name (or hf:owner/name), random:tiny|gpt2|gpt2-medium|LxD")
     data_dir: str = arg("data/e2e", "folder with src1_*.txt, the E2E CSVs or {split}.jsonl, or one data file")
     train_split: str = arg("train", "split (train, dev, test), or a file in --data-dir, or a path")
@@ -72,7 +75,11 @@ class TrainConfig:
     adapter_size: int = arg(215, "adapter: bottleneck width b (215: 3%, 6: 0.1% of gpt2-medium; adapter.py)", min=1)
     bucket: bool = arg(False, "batch similar lengths together (less padding)")
     dtype: str = arg("float32", "float32 (the paper) or bfloat16 autocast", choices=("float32", "bfloat16"))
-    compile: bool = arg(False, "torch.compile the model")
+    compile: bool = arg(False, "torch.compile the step: one graph per batch shape (--pad-to), on one CUDA GPU with "
+                               "--grad-accum 1 also a CUDA graph (mode reduce-overhead) replayed with one launch")
+    pad_to: int | None = arg(None, "pad each batch's length up to a multiple of N (the loss ignores padding), so a "
+                                   "compiled step meets a few shapes; default 32 with --compile, else 0 (off)",
+                             type=int, min=0)
     device: str = arg("auto", "auto, cpu, cuda, cuda:N")
     eval_every: int = arg(5000, "validation loss every N steps (and at the end); 0: only at the end", min=0)
     early_stop: int = arg(0, "stop after N validations without a lower loss (0: never); the weights with the "
@@ -133,19 +140,30 @@ def adamw(tuner: nn.Module, lr: float, weight_decay: float, device: torch.device
 
 
 @torch.no_grad()
-def evaluate(step_fn: nn.Module, examples: list, batch_size: int, pad_id: int, device: torch.device, world: int,
-             labelled: bool) -> float:
-    """Mean NLL per target token over this process's share of the validation pairs, summed over processes."""
+def evaluate(step_fn: nn.Module, examples: list, batch_size: int, pad: tuple[int, int, int], device: torch.device,
+             world: int, labelled: bool) -> float:
+    """Mean NLL per target token over this process's share of the validation pairs, summed over processes.
+    pad: batch_of's (pad_id, pad_to, max_len)."""
     total = torch.zeros(2, device=device)
     step_fn.eval()  # no dropout while measuring (fine-tuning trains with it)
     for i in range(0, len(examples), batch_size):
-        idx, targets, task = (t.to(device) for t in batch_of(examples[i:i + batch_size], pad_id))
+        idx, targets, task = (t.to(device) for t in batch_of(examples[i:i + batch_size], *pad))
         loss = step_fn(idx, targets, **({"task": task} if labelled else {})).loss
         total += torch.stack([nll_sum(loss, targets), (targets != IGNORE).sum().float()])
     step_fn.train()
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()
+
+
+def compiled(step_fn: nn.Module, cuda_graphs: bool) -> nn.Module:
+    """torch.compile at static shapes: each batch shape (--pad-to leaves a few) gets its own graph, where dynamic
+    shapes would recompile as lengths change and run slower kernels. With cuda_graphs the graph is also a CUDA graph
+    (mode reduce-overhead): a step's hundreds of small kernels replay with one launch, which is what a frozen
+    gpt2-medium at batch 10 waits on. Not under DDP (its all-reduce is not captured) nor with --grad-accum > 1
+    (a replay overwrites the gradients a .grad still holds: pytorch/pytorch#169545)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # shapes × train/eval
+    return torch.compile(step_fn, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
 
 
 # --- setup: the base model, the tuner ---------------------------------------------------------------------------
@@ -159,8 +177,10 @@ def load_base(cfg: TrainConfig) -> tuple[GPT, Path | None]:
     if shape is None:
         raise TrainError(f"--init-from {cfg.init_from}: unknown shape; use one of {['random:' + k for k in SHAPES]} "
                          f"or random:LxD (L layers, D wide, D a multiple of 64: random:4x256).")
+    config = GPTConfig(**shape)
+    check_memory(f"--init-from {cfg.init_from}", 4 * n_params(config), TrainError)  # float32, before it is built
     torch.manual_seed(cfg.seed)
-    return GPT(GPTConfig(**shape)).eval(), None
+    return GPT(config).eval(), None
 
 
 def build_tuner(cfg: TrainConfig, model: GPT, tok, labels: list[str]) -> nn.Module:
@@ -210,12 +230,17 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
     fits = model.config.n_positions - P  # the paper never truncates; a short-context model drops what won't fit
     train_ex = [e for e in (example(tok, row, labels) for row in rows) if len(e[0]) <= fits]
     valid_ex = [e for e in (example(tok, row, labels) for row in valid) if len(e[0]) <= fits][rank::world]
-    batches = Batches(train_ex, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.bucket, world, rank, tok.eot_token)
+    pad = (tok.eot_token, cfg.pad_to if cfg.pad_to is not None else 32 * cfg.compile, fits)  # collate's padding
+    batches = Batches(train_ex, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.bucket, world, rank, *pad)
     if batches.per_epoch == 0:
         raise TrainError(f"{len(train_ex)} training pairs do not fill one step of --batch-size {cfg.batch_size} × "
                          f"--grad-accum {cfg.grad_accum} × {world} processes" + (f"; {len(rows) - len(train_ex)} "
                          f"are longer than the {fits} positions a prefix of {P} leaves in n_positions="
                          f"{model.config.n_positions}." if len(train_ex) < len(rows) else "."))
+    # A micro-batch's tokens each need their logits (V floats) and activations (~16·L·C floats, kept for backward)
+    c, tokens = model.config, min(cfg.batch_size, len(train_ex)) * (P + sum(batches.lengths) / len(batches.lengths))
+    check_memory(f"--batch-size {cfg.batch_size}", 4 * tokens * (c.vocab_size + 16 * c.n_layer * c.n_embd), TrainError,
+                 device)
     cfg = replace(cfg, max_steps=cfg.max_steps or cfg.epochs * batches.per_epoch // cfg.grad_accum,
                   **({"prefix_len": P} if P else {}))  # an init text sets its own P (§7.4): the run records it
     # The run's record, written once with its real settings; beam.py opens the folder through tuners.open_run.
@@ -243,7 +268,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             f"{cfg.max_steps:,} steps of {cfg.batch_size} × {cfg.grad_accum} × {world}, lr {cfg.lr:g}"
             + (f", resuming at step {start}" if start else ""))
         wrapped = DDP(tuner) if world > 1 else tuner  # DDP averages gradients over processes
-        step_fn = torch.compile(wrapped) if cfg.compile else wrapped
+        graphs = cfg.compile and device.type == "cuda" and world == 1 and cfg.grad_accum == 1  # see `compiled`
+        step_fn = compiled(wrapped, graphs) if cfg.compile else wrapped
         autocast = torch.autocast(device.type, torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
         T = P + sum(batches.lengths) / len(batches.lengths)  # MFU at the mean example length
         flops = flops_per_token(model.config, T, tuner.weights_learn)
@@ -256,6 +282,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
             stats = torch.zeros(3, device=device)  # summed NLL, target tokens, sequences
             for a in range(cfg.grad_accum):
                 idx, targets, task = (t.to(device) for t in batches(step * cfg.grad_accum + a))  # (B, T), (B,)
+                if graphs:  # a new step: the last replay's outputs may now be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
                 rows_of = {"task": task} if labels else {}  # a label run: each row's past is its label's prefix
                 with wrapped.no_sync() if world > 1 and a < cfg.grad_accum - 1 else nullcontext(), autocast:
                     nll, n_tok = nll_sum(step_fn(idx, targets, **rows_of).loss, targets), (targets != IGNORE).sum()
@@ -279,7 +307,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop: l
                 row = meter.row(done, loss, (stats[0] / stats[1]).item(), lr_at(step, cfg), device)
                 say(meter.line(row))
             if valid_ex and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                val_loss = evaluate(step_fn, valid_ex, cfg.batch_size, tok.eot_token, device, world, bool(labels))
+                val_loss = evaluate(step_fn, valid_ex, cfg.batch_size, pad, device, world, bool(labels))
                 row = (row or dict(step=done)) | dict(val_loss=val_loss)
                 say(f"step {done} | validation loss {row['val_loss']:.4f} per target token")
                 if rank == 0 and val_loss < min(history, default=math.inf):
@@ -349,6 +377,8 @@ def finish(cfg: TrainConfig, out: Path, tuner: nn.Module, params: dict) -> None:
     except OSError as e:
         raise TrainError(f"could not write the trained weights to {out} ({e.strerror or e}); the resume "
                          f"checkpoint is kept: free space, then run again with --resume.") from None
+    except CheckpointError as e:  # a safetensors write (files/checkpoint.write_safetensors) names its file
+        raise TrainError(f"{e} The resume checkpoint is kept: run again with --resume.") from None
     for path in paths:
         print(f"wrote {path} ({path.stat().st_size / 2**10:,.1f} KiB)")
     rows = log_rows(out / LOG_FILE)

@@ -38,17 +38,19 @@ from model import GPT  # noqa: E402
 from beam import BeamConfig, beam_search  # noqa: E402
 from files.tokenizer import load_tokenizer  # noqa: E402
 
-TRAIN = ["--tuner", "fine", "--init-from", "random:gpt2", "--seed", "0", "--train-split", "dev", "--valid-split", "",
-         "--max-steps", "150", "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "10", "--bucket"]
+TRAIN = ["--tuner", "fine", "--seed", "0", "--train-split", "dev", "--valid-split", "", "--batch-size", "4", "--lr",
+         "1e-3", "--warmup-steps", "10", "--bucket"]  # + --init-from random:SHAPE --max-steps N
 TASK_TEXTS = ["name[The Eagle]", "A pub near the river, family friendly.", "eatType[coffee shop], area[city centre]",
               "The Mill serves cheap Italian food"]  # their keys/values make the 4 tasks' prefixes
 
 
-def e2e_weights(cache: Path, data_dir: Path, device: str) -> Path:
-    """The cached fine-tuned gpt2-shape run folder, trained now if absent (train.py writes it atomically)."""
+def e2e_weights(cache: Path, data_dir: Path, device: str, shape: str = "gpt2", steps: int = 150) -> Path:
+    """The cached fine-tuned run folder (the gpt2 shape, 150 steps unless told), trained now if absent (train.py
+    writes it atomically)."""
     if not (cache / "model.safetensors").is_file():
-        print(f"training the e2e weights into {cache} (once): python train.py {' '.join(TRAIN)} ...", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "train.py"), *TRAIN, "--data-dir", str(data_dir),
+        train = [*TRAIN, "--init-from", f"random:{shape}", "--max-steps", str(steps)]
+        print(f"training the e2e weights into {cache} (once): python train.py {' '.join(train)} ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *train, "--data-dir", str(data_dir),
                         "--out-dir", str(cache), "--overwrite", "--device", device], cwd=ROOT, check=True)
     return cache
 
@@ -60,8 +62,11 @@ def timed(fn, *args, **kwargs) -> tuple[float, float, list[list[int]]]:
     return time.perf_counter() - wall, time.process_time() - cpu, tokens
 
 
+GRAPH = False  # --graph: ours decodes with the static step (a CUDA graph on CUDA); set once by main
+
+
 def ours(model: GPT, prompts: list[list[int]], cfg: BeamConfig, batch_size: int, **past) -> list[list[int]]:
-    return [h.tokens for h in beam_search(model, prompts, cfg, batch_size=batch_size, **past)]
+    return [h.tokens for h in beam_search(model, prompts, cfg, batch_size=batch_size, static=GRAPH, **past)]
 
 
 @torch.no_grad()
@@ -122,15 +127,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda, both sides (fp32 either way)")
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "e2e")
     p.add_argument("--cache", type=Path, default=ROOT / "out" / "bench" / "e2e-fine-gpt2", help="e2e weights")
+    p.add_argument("--graph", action="store_true", help="ours: the static step (beam.py --graph), a CUDA graph on CUDA")
+    p.add_argument("--shape", default="gpt2", help="e2e weights' shape (tiny: a smoke run; a new --cache for it)")
+    p.add_argument("--train-steps", type=int, default=150, help="e2e weights' fine-tuning steps")
     args = p.parse_args(argv)
+    global GRAPH
+    GRAPH = args.graph
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(args.threads)
-    where = "CPU fp32" if args.device == "cpu" else f"{torch.cuda.get_device_name()} fp32"
-    print(f"gpt2 shape, {where}, {torch.get_num_threads()} threads")
+    where = ("CPU fp32" if args.device == "cpu" else f"{torch.cuda.get_device_name()} fp32") + ", --graph" * args.graph
+    print(f"{args.shape} shape, {where}, {torch.get_num_threads()} threads")
     rows = []
     if "e2e" in args.only or "tasks" in args.only:
-        folder = e2e_weights(args.cache, args.data_dir, args.device)
+        folder = e2e_weights(args.cache, args.data_dir, args.device, args.shape, args.train_steps)
         model, ref = GPT.from_pretrained(folder).to(args.device), GPT2LMHeadModel.from_pretrained(folder).to(args.device)
         ref, tok = ref.eval(), load_tokenizer(folder)
         sources = list(dict.fromkeys(e.source for e in data.read_entries(str(args.data_dir), "test")))
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [(timed(ours, model, prompts, cfg, args.batch_size), timed(theirs, ref, prompts, cfg, args.batch_size))
                 for _ in range(args.repeats)]  # interleaved
         rows.append(compare("beam search, E2E", f"output tokens/s, first {len(prompts)} E2E test MRs, K=5, batch "
-                            f"{args.batch_size}, gpt2 shape fine-tuned briefly, {where}", [r[0] for r in runs],
+                            f"{args.batch_size}, {args.shape} shape fine-tuned briefly, {where}", [r[0] for r in runs],
                             [r[1] for r in runs], "transformers generate", ">= 2x", len(prompts)))
     if "tasks" in args.only:
         with torch.no_grad():

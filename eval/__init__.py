@@ -58,12 +58,15 @@ def score_files_many(pairs: list[tuple[str | Path, str | Path]], task: str = "e2
     entry's METEOR statistics and TER are computed once (a Memo that lives for this call only)."""
     if task not in TASK_METRICS:
         raise EvalError(f"task {task!r}: expected one of {', '.join(TASK_METRICS)}.")
-    loaded = []  # every file is read and checked before the slow part starts
+    loaded, unit = [], "MR" if task == "e2e" else "source"  # every file is read and checked before the slow part
     for refs_path, outputs_path in pairs:
-        refs, outputs = read_refs(refs_path), read_outputs(outputs_path)
-        if len(refs) != len(outputs):
-            raise EvalError(f"{outputs_path} has {len(outputs)} lines but {refs_path} has references for "
-                            f"{len(refs)} MRs. Write exactly one output line per MR, in the references' order.")
+        try:
+            refs, outputs = read_refs(refs_path, unit), read_outputs(outputs_path, unit)
+            if len(refs) != len(outputs):
+                raise EvalError(f"{outputs_path} has {len(outputs)} lines but {refs_path} has references for "
+                                f"{len(refs)} {unit}s. Write one output line per {unit}, in the references' order.")
+        except EvalError as e:
+            raise EvalError(f"{e}{swap_hint(refs_path, outputs_path)}") from None
         loaded.append((refs, outputs))
     if task == "text":  # a task of your own: BLEU as the E2E scorer's (0-1) and rouge-score's ROUGE-1/2/L
         return [{"BLEU": bleu_nist(refs, outputs)[0], **rouge(refs, outputs)} for refs, outputs in loaded]
@@ -73,3 +76,12 @@ def score_files_many(pairs: list[tuple[str | Path, str | Path]], task: str = "e2
                 score_data2text(refs, outputs, task, meteor, memo) for refs, outputs in loaded]
     finally:
         meteor.close()
+
+
+def swap_hint(refs_path: str | Path, outputs_path: str | Path) -> str:
+    """A hint for an error, when the two files would fit the other way round."""
+    try:
+        fits = len(read_refs(outputs_path)) == len(read_outputs(refs_path))
+    except EvalError:
+        fits = False
+    return " Did you swap REFS and OUTPUTS? REFS comes first." if fits else ""

@@ -7,7 +7,9 @@ one error type of eval/.
 """
 import csv
 import json
+import os
 import re
+import stat
 from itertools import groupby
 from pathlib import Path
 
@@ -16,6 +18,7 @@ HEADER_SRC = r"(mr|src|source|meaning(?:[_ .-]rep(?:resentation)?)?|da|dial(?:og
 HEADER_REF = r"(trg|tgt|target|ref(?:erence)?|human(?:[_ .-](?:ref(?:erence)?))?)s?"
 # measure_scores.py repairs these mis-encodings in CSV files before parsing.
 CSV_FIXES = (("Ł", "£"), ("Â£", "£"), ("Ã©", "é"), ("ã©", "é"))
+CAP = 1 << 28  # bytes read at most: scored files are a few MB, and /dev/zero must be an error, not a MemoryError
 
 
 class EvalError(Exception):
@@ -31,11 +34,16 @@ def check_pairs(refs: list[list[str]], outputs: list[str]) -> None:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """UTF-8 lines, stripped; split like Python's codecs reader (str.splitlines), as the official script is."""
+    """UTF-8 lines, stripped; split like Python's codecs reader (str.splitlines), as the official script is.
+    Only a regular file is read (a FIFO would hang), up to CAP bytes."""
     try:
-        data = Path(path).read_bytes()
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # O_NONBLOCK: a FIFO opens at once
+            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+            data = f.read(CAP + 1) if regular else b""
     except OSError as e:
         raise EvalError(f"{path}: cannot read it ({e.strerror}). Check the path.") from None
+    if not regular or len(data) > CAP:
+        raise EvalError(f"{path}: {f'over {CAP >> 20} MiB' if regular else 'not a regular file'}; give a text file.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -56,8 +64,9 @@ def json_rows(lines: list[str]) -> list[dict] | None:
     return rows if rows and all(isinstance(row, dict) for row in rows) else None
 
 
-def read_refs(path: str | Path) -> list[list[str]]:
-    """References per MR, from the challenge CSV (.csv/.tsv) or a blank-line-separated text file."""
+def read_refs(path: str | Path, unit: str = "MR") -> list[list[str]]:
+    """References per MR, from the challenge CSV (.csv/.tsv) or a blank-line-separated text file. `unit` names an
+    entry in messages: "MR" for E2E, "source" for the other tasks."""
     if re.search(r"\.[ct]sv$", str(path), re.I):
         return read_csv_refs(path)
     lines = read_lines(path)
@@ -72,11 +81,11 @@ def read_refs(path: str | Path) -> list[list[str]]:
         elif groups[-1]:
             groups.append([])
         elif len(groups) > 1 and any(lines[number:]):  # only blank lines may follow a second blank line
-            raise EvalError(f"{path}, line {number}: a second blank line in a row, so an MR without references. "
-                            f"Put exactly one blank line after each MR's group of references.")
+            raise EvalError(f"{path}, line {number}: a second blank line in a row, so a group without references. "
+                            f"Put exactly one blank line after each {unit}'s group of references.")
     groups = [g for g in groups if g]
     if not groups:
-        raise EvalError(f"{path}: no references. Write one reference a line, a blank line after each MR's group.")
+        raise EvalError(f"{path}: no references. Write one reference a line, a blank line after each {unit}'s group.")
     if len(groups) == 1:  # no blank lines: a single-reference file, one MR a line (as measure_scores.py reads it)
         groups = [[line] for line in groups[0]]
     return groups
@@ -108,11 +117,11 @@ def read_csv_refs(path: str | Path) -> list[list[str]]:
     return [[row[ref] for row in group] for _, group in groupby(rows[1:], key=lambda row: row[mr])]
 
 
-def read_outputs(path: str | Path) -> list[str]:
+def read_outputs(path: str | Path, unit: str = "MR") -> list[str]:
     """System outputs, one line per MR; from beam.py's JSONL, the "text" of each row (its line breaks as spaces)."""
     outputs = read_lines(path)
     if not outputs:
-        raise EvalError(f"{path}: empty. Write one output a line, one line per MR, in the references' order.")
+        raise EvalError(f"{path}: empty. Write one output a line, one line per {unit}, in the references' order.")
     rows = json_rows(outputs)
     if rows is None:
         return outputs

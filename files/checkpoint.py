@@ -102,9 +102,24 @@ def read_config(folder: Path, config_class: type[C]) -> C:
             raise CheckpointError(f"{path}: {key}={raw[key]!r} is not implemented (GPT-2 has {want!r}); this "
                                   f"loader reads GPT-2 checkpoints only.")
     try:
-        return config_class(**{f.name: raw[f.name] for f in fields(config_class) if f.name in raw})
+        config = config_class(**{f.name: raw[f.name] for f in fields(config_class) if f.name in raw})
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}.") from None
+    # The weights hold every parameter, each in a byte at least: a size typed too long (n_embd 10**12) is refused
+    # here, before a model of that size is built or a tensor allocated.
+    need, have = n_params(config), sum(f.stat().st_size for f in weight_files(folder) if f.is_file())
+    if need > have:
+        sizes = ", ".join(f"{k}={getattr(config, k)}" for k in ("n_layer", "n_embd", "vocab_size", "n_positions"))
+        raise CheckpointError(f"{path}: {sizes} make {need:.3g} parameters ({4 * need / 2**30:.3g} GiB in float32), "
+                              f"but the weight files hold {have / 2**20:.3g} MiB. Truncated download, missing shards, "
+                              f"or a config.json from another model?")
+    return config
+
+
+def n_params(c: object) -> int:
+    """The parameters of a GPT-2 of config `c` (model.GPTConfig), biases and LayerNorms left out: its blocks'
+    matrices (12·C² a layer), token and position embeddings."""
+    return c.n_layer * 12 * c.n_embd ** 2 + (c.vocab_size + c.n_positions) * c.n_embd
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -195,7 +210,17 @@ def save_pretrained(model: torch.nn.Module, folder: str | Path) -> None:
     if c.tie_word_embeddings:
         sd.pop("lm_head.weight")  # safetensors refuses shared tensors; the head is the embedding
     write_json(folder / "config.json", config)
-    atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, str(tmp), metadata={"format": "pt"}))
+    write_safetensors(folder / "model.safetensors", sd, {"format": "pt"})
+
+
+def write_safetensors(file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """save_file through run.atomic_write. safetensors reports a full disk as its own SafetensorError, not an
+    OSError: either is one CheckpointError naming the file (the previous file, if any, stays whole)."""
+    try:
+        atomic_write(file, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{file}: could not write it ({getattr(e, 'strerror', None) or e}). Free space (or "
+                              f"make the folder writable).") from None
 
 
 def fingerprint(model: torch.nn.Module) -> str:

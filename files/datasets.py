@@ -81,19 +81,25 @@ def split_files(data_dir: str | Path, split: str) -> tuple[str, list[Path]]:
     dataset = dataset_of(root)
     if root.is_file():
         return dataset, [root]
-    if dataset == "webnlg":
-        names = [WEBNLG_TEST] if split == "test" else [f"{split}/*/*.xml"]
-    elif dataset == "dart":  # the JSON first: the authors' format
-        names = [DART_FILE.format(split=split) + suffix for suffix in (".json", ".xml")]
-    else:
-        names = [*SPLITS.get(split, ()), f"{split}.jsonl"]
+    names = split_names(dataset, split)
     for name in names:
         files = sorted(root.glob(name))
         if files:
             return dataset, files
+    found = sorted(s for s in {*SPLITS, *(p.stem for p in root.glob("*.jsonl"))}
+                   if any(any(root.glob(name)) for name in split_names(dataset, s)))
     hint = f" Get E2E from {E2E_URL}, or give a JSONL file of {{\"source\": ..., \"target\": ...}} lines."
-    raise DataError(f"{root}: no {dataset} file for split {split!r} (expected {' or '.join(names)})."
-                    + (hint if dataset == "e2e" else ""))
+    raise DataError(f"{root}: no {dataset} file for split {split!r} (expected {' or '.join(names)}); splits here: "
+                    f"{', '.join(found) or 'none'}." + (hint if dataset == "e2e" and not found else ""))
+
+
+def split_names(dataset: str, split: str) -> list[str]:
+    """The file names (glob patterns) a split of `dataset` may have, in order of preference."""
+    if dataset == "webnlg":
+        return [WEBNLG_TEST] if split == "test" else [f"{split}/*/*.xml"]
+    if dataset == "dart":  # the JSON first: the authors' format
+        return [DART_FILE.format(split=split) + suffix for suffix in (".json", ".xml")]
+    return [*SPLITS.get(split, ()), f"{split}.jsonl"]
 
 
 def read_text(path: Path) -> str:

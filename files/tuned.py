@@ -18,9 +18,8 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from files.checkpoint import CheckpointError, fingerprint
+from files.checkpoint import CheckpointError, fingerprint, write_safetensors
 from files.run import atomic_write, read_json
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -32,7 +31,7 @@ def write(file: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Module, 
     flat = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     meta = {**meta, "format": "pt", "base_fingerprint": fingerprint(model)}
     file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(file, lambda tmp: save_file(flat, str(tmp), metadata={k: str(v) for k, v in meta.items()}))
+    write_safetensors(file, flat, {k: str(v) for k, v in meta.items()})
     return file
 
 
@@ -90,7 +89,7 @@ def write_peft(folder: str | Path, config: dict, embeddings: torch.Tensor) -> No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"prompt_embeddings": embeddings.detach().float().cpu().contiguous()}
-    atomic_write(folder / PEFT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_safetensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
     cfg = {"task_type": "CAUSAL_LM", "num_transformer_submodules": 1, "inference_mode": True, **config}
     atomic_write(folder / PEFT_CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
 

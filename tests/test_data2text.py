@@ -155,3 +155,14 @@ def test_split_naming_a_file_is_read_by_its_own_format(tmp_path):
     (tmp_path / "mine.jsonl").write_text('{"source": "a", "target": "b"}\n')
     assert read_pairs(WEBNLG, str(tmp_path / "mine.jsonl")) == [("a", "b")]  # train.py: --train-split PATH
     assert read_pairs(tmp_path, "mine.jsonl") == [("a", "b")]
+
+
+@pytest.mark.parametrize("root, found", [(E2E_DIR, "dev, test"), (WEBNLG, "dev, test, train"), (DART, "dev, test"),
+                                         (None, "train, valid")])
+def test_split_typo_lists_the_splits_there(root, found, tmp_path):
+    if root is None:  # a JSONL folder: its files' names are its splits
+        root = tmp_path
+        for name in ("train.jsonl", "valid.jsonl"):
+            (root / name).write_text('{"source": "a", "target": "b"}\n')
+    with pytest.raises(DataError, match=rf"split 'tset' \(expected .*\); splits here: {found}\.$"):
+        read_pairs(root, "tset")

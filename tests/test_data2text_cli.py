@@ -11,6 +11,7 @@ from conftest import SHARED
 from eval.__main__ import main as score
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, split", [("webnlg", "dev"), ("dart", "dev")])
 def test_train_decode_score(tiny_ckpt, tmp_path, capsys, task, split):
     data = SHARED / "data" / task

@@ -4,7 +4,9 @@ ROUGE-1/2/L are rouge-score's RougeScorer defaults (no stemming), the best refer
 (score_multi), averaged over outputs; BLEU is the E2E scorer's, checked in test_eval.py. No Java here.
 """
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,10 @@ from rouge_score import rouge_scorer
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT.parent / "shared" / "eval-cases"
 
-from eval import EvalError, read_outputs, read_refs, score_files  # noqa: E402  (conftest puts the repo on the path)
+import eval.__main__ as eval_main  # noqa: E402  (conftest puts the repo on the path)
+from eval import TASK_METRICS, EvalError, read_outputs, read_refs, score_files  # noqa: E402
 from eval.__main__ import main  # noqa: E402
+from eval.files import CAP  # noqa: E402
 from eval.rouge import rouge  # noqa: E402
 
 SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
@@ -96,3 +100,50 @@ def test_binary_file_is_refused(tmp_path):
     (tmp_path / "out.bin").write_bytes(b"abc\x00def\n")
     with pytest.raises(EvalError, match=r"out\.bin: NUL bytes"):
         read_outputs(tmp_path / "out.bin")
+
+
+def test_task_default_is_said_in_help_and_on_stderr(monkeypatch, capsys):
+    """Without --task, the E2E scoring runs (its table) and stderr says so, naming the other tasks."""
+    monkeypatch.setattr(eval_main, "score_files_many", lambda pairs, task: [dict.fromkeys(TASK_METRICS[task], 0.5)])
+    pair = [str(CASES / "example-refs.txt"), str(CASES / "example-baseline-output.txt")]
+    assert main(pair) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "BLEU    0.5000" and len(out.splitlines()) == 5
+    assert err.count("\n") == 1 and "--task e2e (the default)" in err and "--task webnlg, dart or text" in err
+    assert main([*pair, "--task", "text"]) == 0 and capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "e2e (the default)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_swapped_refs_and_outputs_are_named(tmp_path):
+    (tmp_path / "refs.txt").write_text("a b\nA b.\n\nc d\n\ne f\nE f.\n\n")
+    (tmp_path / "out.txt").write_text("a b\nc d\ne f\n")
+    with pytest.raises(EvalError, match=r"3 sources\. .*Did you swap REFS and OUTPUTS\? REFS comes first\.$"):
+        score_files(tmp_path / "out.txt", tmp_path / "refs.txt", task="text")
+    (tmp_path / "short.txt").write_text("a b\nc d\n")  # one line short: a real mismatch, no swap would fit
+    with pytest.raises(EvalError, match=r"per source, in the references' order\.$"):
+        score_files(tmp_path / "refs.txt", tmp_path / "short.txt", task="text")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_fifo_or_huge_file_is_refused_at_once(kind, tmp_path):
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: reading it would block forever (a device, /dev/zero, is refused alike)
+    else:
+        path.touch()
+        os.truncate(path, CAP + 1)  # sparse: over the cap, with no disk used
+    (tmp_path / "out.txt").write_text("a\n")
+
+    def expired(*_):
+        raise TimeoutError("still reading after 10 s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)  # fail, not hang, if the FIFO is opened for reading
+    try:
+        for refs, outputs in ((path, tmp_path / "out.txt"), (tmp_path / "out.txt", path)):
+            with pytest.raises(EvalError, match=rf"{path}: (not a regular file|over 256 MiB); give a text file"):
+                score_files(refs, outputs, task="text")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

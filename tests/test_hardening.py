@@ -18,18 +18,26 @@ import subprocess
 import sys
 import time
 
+from dataclasses import dataclass
+
 import pytest
+import torch
+from safetensors import SafetensorError
 
 import beam
 import cli
+import files.checkpoint
 import train
 from conftest import ROOT
-from files.checkpoint import CheckpointError
+from files import tuned
+from files.checkpoint import CheckpointError, save_pretrained
 from files.datasets import DataError, jsonl_rows, read_text
-from files.decoding import check_out, read_requests
+from files.decoding import check_out, read_prompts, read_requests
 from files.run import DONE_FILE, RunFolderError, read_run
 from files.tokenizer import load_tokenizer
+from files.tuned import PEFT_WEIGHTS
 from model import GPT
+from prefix import PrefixError
 
 
 @pytest.fixture(autouse=True)
@@ -273,6 +281,12 @@ def test_lone_surrogate_is_refused_where_it_is_read(tmp_path):
     path.write_text('{"source": "name : A", "target": "ok"}\n{"source": "name : B", "target": "x \\ud800 y"}\n')
     with pytest.raises(DataError, match=r"train.jsonl:2: 'target'.*surrogate"):
         jsonl_rows(read_text(path), str(path))
+    (tmp_path / "r.jsonl").write_text('{"prefix": "p", "source": "name : A"}\n{"prefix": "p", "source": "a \\udc80"}\n')
+    with pytest.raises(DataError, match=r"r.jsonl, line 2: a lone surrogate"):
+        read_requests(str(tmp_path / "r.jsonl"))
+    (tmp_path / "p.txt").write_bytes("name : A\nname : \ud800\n".encode("utf-8", "surrogatepass"))  # not UTF-8
+    with pytest.raises(DataError, match=r"p.txt: cannot read it"):
+        read_prompts(str(tmp_path / "p.txt"))
 
 
 @pytest.mark.parametrize("bad", [{"prefix": "p.safetensors", "source": None}, {"prefix": "p", "source": ["a", 1]},
@@ -284,13 +298,82 @@ def test_requests_need_two_non_empty_strings(bad, tmp_path):
         read_requests(str(path))
 
 
-def test_huge_n_layer_is_refused_before_allocating(done_run, tmp_path):
+@pytest.mark.parametrize("key, value", [("n_layer", 10**9), ("n_embd", 10**12), ("vocab_size", 10**12),
+                                        ("n_positions", 10**12)])
+def test_huge_config_sizes_are_refused_before_allocating(key, value, done_run, tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "model.safetensors").symlink_to(done_run / "base" / "model.safetensors")  # 2 layers
     config = json.loads((done_run / "base" / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"n_layer": 10**9}))
+    (folder / "config.json").write_text(json.dumps(config | {key: value}))
     start = time.monotonic()
-    with pytest.raises(CheckpointError, match="n_layer=1000000000"):
+    with pytest.raises(CheckpointError, match=f"{key}={value}"):
         GPT.from_pretrained(folder)
     assert time.monotonic() - start < 2
+
+
+# --- memory that follows a number: refused before any work, naming the flag and the memory it needs -------------
+
+@pytest.mark.parametrize("flags", [["--init-from", "random:1000000x64"], ["--prefix-mid", "1000000000"]])
+def test_huge_model_or_prefix_is_refused_before_allocating(flags, data_dir, tmp_path):
+    with deadline(5), pytest.raises((train.TrainError, PrefixError), match=rf"{flags[0]} {flags[1]}.*needs about "
+                                                                          rf"[\d.e+]+ GiB of memory"):
+        train.main(argv(tmp_path / "out", data_dir, "--max-steps", "1", *flags))
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_or_beams_beyond_memory_are_refused(done_run, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.os, "sysconf", lambda name: 4096)  # a machine of 16 MiB: the tiny model fits
+    with pytest.raises(train.TrainError, match=r"--batch-size 8: needs about .* this machine has 0.0156 GiB"):
+        train.main(argv(tmp_path / "out", data_dir, "--max-steps", "1", "--batch-size", "8"))
+    assert not (tmp_path / "out").exists()
+    beam_refused([*decode_args(done_run, data_dir, tmp_path), "--beams", "100"], "--beams 100")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_max_bound_names_the_flag(done_run, data_dir, tmp_path):
+    @dataclass
+    class Config:
+        top_p: float = cli.arg(1.0, "mass kept", min=0, max=1)
+    assert cli.parse(Config, ["--top-p", "1"], None, ValueError).top_p == 1
+    with pytest.raises(ValueError, match=r"^--top-p=1.5: must be at most 1\.$"):
+        cli.parse(Config, ["--top-p", "1.5"], None, ValueError)
+    beam_refused([*decode_args(done_run, data_dir, tmp_path), "--sample", "--top-p", "1.5"], "--top-p=1.5: must be")
+
+
+def test_num_return_without_sample_is_refused(done_run, data_dir, tmp_path):
+    """Beam search returns one hypothesis a prompt: --num-return 3 without --sample was silently ignored."""
+    beam_refused([*decode_args(done_run, data_dir, tmp_path), "--num-return", "3"], "--num-return is for --sample")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_full_disk_in_safetensors_is_one_checkpoint_error(done_run, tmp_path, monkeypatch):
+    def full(*a, **k):  # what safetensors raises on ENOSPC: its own error, not an OSError
+        raise SafetensorError("No space left on device (os error 28)")
+    for module in (files.checkpoint, files.tuned):
+        monkeypatch.setattr(module, "save_file", full, raising=False)
+    model = GPT.from_pretrained(done_run / "base")
+    x = {"a": torch.ones(1)}
+    for name, write in {"model.safetensors": lambda: save_pretrained(model, tmp_path),
+                        "x.safetensors": lambda: tuned.write(tmp_path / "x.safetensors", x, model, {}),
+                        PEFT_WEIGHTS: lambda: tuned.write_peft(tmp_path, {"peft_type": "P"}, torch.ones(1, 1))}.items():
+        with pytest.raises(CheckpointError, match=rf"{tmp_path / name}: could not write it \(No space.*Free space"):
+            write()
+    assert [p.name for p in tmp_path.iterdir() if ".safetensors" in p.name] == []  # no temp file left
+
+
+def test_damaged_run_files_are_one_line_errors_or_dropped(done_run, data_dir, tmp_path, capsys):
+    out = shutil.copytree(done_run, tmp_path / "run")
+    (out / DONE_FILE).unlink()  # not finished: --resume continues from resume/
+    state = (out / "resume" / "state.json").read_text()
+    (out / "resume" / "state.json").write_text("[" * 100_000)
+    with pytest.raises(RunFolderError, match=r"state.json: unreadable \(JSON nested too deeply\)"):
+        train.main(argv(out, data_dir, "--max-steps", "2", "--resume"))
+    (out / "resume" / "state.json").write_text(state)
+    (out / "log.jsonl").write_bytes(b"[" * 100_000 + b"\n\xff\xfe\n" + (out / "log.jsonl").read_bytes())
+    capsys.readouterr()
+    train.main(argv(out, data_dir, "--max-steps", "2", "--resume"))
+    assert "skipped 2 torn line(s)" in capsys.readouterr().out and steps(out) == [1, 2]
+    (out / "args.json").write_text(json.dumps(json.loads((out / "args.json").read_text()) | {"labels": 5}))
+    with pytest.raises(RunFolderError, match="'labels' is not a list of names"):
+        read_run(out)

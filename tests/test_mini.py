@@ -58,6 +58,7 @@ def mini_run(tmp_path_factory):
     return tmp, outputs
 
 
+@pytest.mark.slow
 def test_mini_writes_every_row(mini_run):
     tmp, (first, _) = mini_run
     assert "ETA ~" in first.split("\n")[1]  # the plan and its ETA come first
@@ -77,6 +78,7 @@ def test_mini_writes_every_row(mini_run):
     assert "70.3 vs 68.8" in md  # the paper's claim beside ours
 
 
+@pytest.mark.slow
 def test_mini_reuses_what_it_finished(mini_run):
     tmp, (_, second) = mini_run
     assert "to do: 0 of 1 bases, 0 of 6 runs" in second
@@ -84,6 +86,7 @@ def test_mini_reuses_what_it_finished(mini_run):
     assert second.count("reusing the finished training run") == 6
 
 
+@pytest.mark.slow
 def test_base_texts_hold_no_e2e(mini_run):
     """DART's dev set holds E2E's own references (annotations from "e2e"): none of them reaches a base."""
     tmp, _ = mini_run
@@ -95,6 +98,7 @@ def test_base_texts_hold_no_e2e(mini_run):
     assert len(names) == 18 and not [t for t in texts if any(n in t for n in names)]
 
 
+@pytest.mark.slow
 def test_base_e2e_nll_matches_transformers(mini_run):
     """The untuned base's NLL on E2E test references (the bases table's column) is transformers' loss on the same
     tokens: GPT2LMHeadModel on each (MR, reference) in the template, the MR masked out, summed over target tokens."""
@@ -122,6 +126,7 @@ def test_base_e2e_nll_matches_transformers(mini_run):
     assert facts["e2e_text"] is False
 
 
+@pytest.mark.slow
 def test_with_e2e_text_adds_dev_references_only(mini_run):
     """--with-e2e-text: E2E dev's references join the bases' texts, as text; no test reference does, and a work
     folder whose bases were trained otherwise is refused, not silently reused."""
@@ -136,6 +141,7 @@ def test_with_e2e_text_adds_dev_references_only(mini_run):
                         "--results", str(tmp / "results")])
 
 
+@pytest.mark.slow
 def test_smoke_uses_the_cached_base(mini_run, monkeypatch):
     """The README's first command picks up the small base `mini` trained beside it, and says so."""
     tmp, _ = mini_run

@@ -2,6 +2,8 @@
 import json
 import sys
 
+import pytest
+
 from conftest import ROOT, E2E_DIR
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -9,6 +11,7 @@ import pipeline  # noqa: E402
 import reproduce  # noqa: E402
 
 
+@pytest.mark.slow
 def test_smoke_pipeline_end_to_end(tmp_path):
     reproduce.main(["smoke", "--steps", "3", "--limit", "4", "--data-dir", str(E2E_DIR),
                     "--work", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
@@ -21,6 +24,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert "SMOKE RUN ONLY" in (tmp_path / "results" / "smoke.md").read_text()
 
 
+@pytest.mark.slow
 def test_paper_mode_on_a_small_train_file(tmp_path):
     """`paper` with the recipe's own settings (5 epochs, batch 10), on 30 training pairs and 2 test MRs."""
     data = tmp_path / "e2e"

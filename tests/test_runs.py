@@ -70,6 +70,7 @@ def test_help_reads_well(main, capsys):
     assert "\n    python " in text  # the header's commands, as written (not re-wrapped)
 
 
+@pytest.mark.slow
 def test_reproduce_reuses_finished_steps_and_force_redoes_them(tmp_path, capsys):
     flags = ["smoke", "--steps", "2", "--limit", "2", "--data-dir", str(E2E_DIR), "--work", str(tmp_path / "runs"),
              "--results", str(tmp_path / "results")]

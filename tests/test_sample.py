@@ -141,7 +141,7 @@ def test_cli_sample(tiny_ckpt, tmp_path, capsys):
     hyps = sample(model, [tok.encode(p) for p in prompts], cfg)
     assert [(r["tokens"], r["score"]) for r in rows] == [(h.tokens, h.score) for h in hyps]
     assert rows[0]["made_by"]["search"]["seed"] == 3  # the settings that made the row
-    cases = {"top_p=1.5": ["--top-p", "1.5"], "--temperature=0": ["--temperature", "0"],
+    cases = {"--top-p=1.5: must be at most 1": ["--top-p", "1.5"], "--temperature=0": ["--temperature", "0"],
              "without --no-repeat-ngram-size": ["--no-repeat-ngram-size", "3"]}
     for says, extra in cases.items():
         with pytest.raises(SystemExit) as e:

@@ -66,6 +66,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_shards_write_one_output(tiny_ckpt, tmp_path):
     lines = ["Hello world", "The cat sat on the mat and looked", "A", "name[Blue Spice], eatType[pub]", "x y z"]
     (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")

@@ -83,6 +83,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tiny_ckpt, tmp_path):
                        load_file(tmp_path / "whole" / "prefix.safetensors")["past_kv"])
 
 
+@pytest.mark.slow
 def test_two_processes_on_gloo(tiny_ckpt, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(ROOT / "train.py"), *args(tiny_ckpt, tmp_path, "--max-steps", "3", "--log-every", "1")]
