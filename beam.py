@@ -1,5 +1,5 @@
-"""Beam search over a frozen GPT-2 with a past, and the command that decodes a dataset or your prompts with a tuned
-GPT-2 (Li & Liang 2021, "Experimental Setup": E2E is decoded by beam search, K=5).
+"""Beam search over a frozen GPT-2 with a past, and the command that decodes with a tuned GPT-2 (Li & Liang 2021,
+"Experimental Setup": E2E is decoded by beam search, K=5). With --data-dir it writes what python -m eval scores.
 
 A test set is decoded as one stream (continuous batching): up to batch_size prompts × K beams run in one forward
 per step, and when a prompt finishes, its K rows are handed to the next prompt waiting, so the batch stays full
@@ -7,8 +7,7 @@ to the end instead of idling until its slowest prompt is done. Each prompt is re
 KV cache then grows one token a step in a preallocated buffer and beams are reordered by copying rows
 (`beam_idx`), never recomputed. A prefix is a past each row attends to, one per prompt if need be (many tasks,
 one backbone). The rules are transformers' `generate(num_beams=K)` on each prompt alone: 2K candidates a step,
-K finished hypotheses scored sum(log p) / generated_length ** length_penalty, and its stopping rule for
-early_stopping False, True, "never". With --data-dir the command writes what python -m eval scores.
+K finished hypotheses scored sum(log p) / generated_length ** length_penalty, its stopping rules (early_stopping).
 
 examples:
     python beam.py --ckpt out/ --data-dir ../shared/data/e2e --split test --out out/test.jsonl
@@ -115,9 +114,8 @@ class Rows:
     A prompt that joins mid-stream is read (prefill) beside nothing else and its keys are placed right-aligned
     before column c, whatever the other rows hold there: a decoding query attends to every real key, in any
     order, and model.py takes the new token's position from the count of real keys before it (the mask), so
-    the row decodes as it would alone. In place, a step writes one column per row, where model.py's torch.cat
-    copies the whole past of every row (transformers also reorders all of it, see `reorder`): 23-42% faster a
-    step at the gpt2 shape, 60-150 past columns (README, "Benchmarks").
+    the row decodes as it would alone. In place, a step writes one column per row, where torch.cat would copy
+    every row's whole past (transformers also reorders all of it, see `reorder`).
     """
 
     def __init__(self, model: GPT, R: int, W: int, c: int):
@@ -314,10 +312,10 @@ def search_config(cfg: DecodeConfig, vocab_size: int, eos: int, templated: bool)
     bad = [b for b in banned if not 0 <= b < vocab_size or b == eos]
     if bad:
         raise DecodeError(f"--ban {bad}: token ids are 0..{vocab_size - 1}, and EOS ({eos}) "
-                        f"cannot be banned (use --min-new-tokens).")
+                          f"cannot be banned (use --min-new-tokens).")
     if 2 * cfg.beams > vocab_size - len(set(banned)):  # each step ranks 2K distinct candidates
         raise DecodeError(f"--beams {cfg.beams}: each step ranks 2K = {2 * cfg.beams} distinct tokens, but only "
-                        f"{vocab_size - len(set(banned))} may be generated. Use fewer (the recipe: 5).")
+                          f"{vocab_size - len(set(banned))} may be generated. Use fewer (the recipe: 5).")
     es = {"false": False, "true": True, "never": "never"}[cfg.early_stopping]
     return BeamConfig(beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                       length_penalty=cfg.length_penalty, early_stopping=es,
@@ -338,8 +336,6 @@ def run_search(model: GPT, prompts: list[list[int]], search: BeamConfig, past: P
     return gather(found, len(prompts))
 
 
-# --- the decode -----------------------------------------------------------------------------------------
-
 def decode(cfg: DecodeConfig) -> None:
     given = bool(cfg.prompts) + bool(cfg.data_dir) + bool(cfg.requests)
     if given > 1 or (given == 0 and not (cfg.label or cfg.prefix)):
@@ -350,14 +346,18 @@ def decode(cfg: DecodeConfig) -> None:
     device, _, world = start_ddp(pick_device(cfg.device, DecodeError))  # torchrun: one stream per process and GPU
     out = check_out(cfg.out, bool(cfg.data_dir), [cfg.prompts, cfg.requests])
     model, past, tok, run = open_run(cfg.ckpt, getattr(torch, cfg.dtype), device, cfg.allow_other_base, cfg.prefix,
-                                     cfg.label, bool(cfg.requests))
+                                     cfg.label, bool(cfg.requests or cfg.data_dir))
     past_mask = names = past_rows = None
     if cfg.requests:
         names, sources = map(list, zip(*read_requests(cfg.requests)))
-        past, past_mask, past_rows = requests_past(cfg.ckpt, model, run, names, cfg.allow_other_base)
         entries, templated = None, not cfg.raw
     else:
-        sources, entries, templated = decode_sources(cfg.data_dir, cfg.split, cfg.prompts, cfg.limit, run, cfg.raw)
+        sources, entries, templated = decode_sources(cfg.data_dir, cfg.split, cfg.prompts, cfg.limit, run, cfg.raw,
+                                                     cfg.label)
+        if entries and (run or {}).get("labels") and not (cfg.label or cfg.prefix):  # each label with its prefix
+            names, sources = [e.group for e in entries], [e.source for e in entries]
+    if names:  # many prefixes, one stream: a row's prefix is its request's, or its label's
+        past, past_mask, past_rows = requests_past(cfg.ckpt, model, run, names, cfg.allow_other_base)
     prompts = [data.prompt_ids(tok, s) if templated else tok.encode(s, allowed_special="all") for s in sources]
     search = search_config(cfg, model.config.vocab_size, tok.eot_token, templated)
     check_lengths(prompts, past_len(past), search.max_new_tokens, model.config.n_positions)  # before hours, not after
@@ -369,7 +369,7 @@ def decode(cfg: DecodeConfig) -> None:
                             min_new_tokens=cfg.min_new_tokens, banned=search.banned) if cfg.sample else None
     if sampling and (cfg.no_repeat_ngram_size or world > 1 or (cfg.num_return > 1 and cfg.data_dir)):
         raise DecodeError("--sample runs in one process (one RNG stream), without --no-repeat-ngram-size, and with "
-                        "--data-dir only with --num-return 1 (its .txt has one output per source).")
+                          "--data-dir only with --num-return 1 (its .txt has one output per source).")
     if sampling:  # prompt i's N samples are rows i·N..i·N+N-1
         hyps = sample(model, prompts, sampling, past, past_mask, past_rows, cfg.batch_size)
         sources = [s for s in sources for _ in range(cfg.num_return)]
@@ -381,13 +381,13 @@ def decode(cfg: DecodeConfig) -> None:
     junk = [i for i, h in enumerate(hyps, 1) if not math.isfinite(h.score)]  # NaN logits: overflowed prefix/weights
     if junk:
         raise DecodeError(f"prompts {junk[:5]}: NaN/Inf log-probabilities (the prefix or the weights overflow the "
-                        f"model's arithmetic); nothing was written. Check the prefix (or --prefix weights).")
+                          f"model's arithmetic); nothing was written. Check the prefix (or --prefix weights).")
     texts = [data.e2e_text(tok, h.tokens) if templated else tok.decode(h.tokens) for h in hyps]
     if out is None:
         print("\n".join(text.replace("\n", " ") for text in texts))
         return
-    # Traceability: every row says what made it (the run, the prefixes mixed, the base, the decoding settings).
-    made_by = dict(ckpt=str(cfg.ckpt), prefixes=cfg.prefix or [], base_fingerprint=fingerprint(model),
+    # Traceability: every row says what made it (the run, the prefixes mixed or its label, the base, the settings).
+    made_by = dict(ckpt=str(cfg.ckpt), prefixes=cfg.prefix or [], label=cfg.label, base_fingerprint=fingerprint(model),
                    search=asdict(sampling or search))
     rows = [dict(prompt=s, text=x, tokens=h.tokens, score=h.score, made_by=made_by) for s, x, h in
             zip(sources, texts, hyps)]

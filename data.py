@@ -13,7 +13,8 @@ import re
 import tiktoken
 import torch
 
-from files.datasets import DataError, Entry, Row, csv_pairs, jsonl_rows, read_text, read_triples, split_files, src1_pairs
+from files.datasets import (DataError, Entry, Row, csv_pairs, jsonl_rows, read_text, read_triples, split_files,
+                            src1_pairs)
 from model import IGNORE
 
 EOS = "<|endoftext|>"  # GPT-2's only special token, 50256: both the source/target separator and the end
@@ -44,10 +45,14 @@ def read_pairs(data_dir: str, split: str) -> list[tuple[str, str]]:
 
 def read_entries(data_dir: str, split: str) -> list[Entry]:
     """What beam.py decodes and eval/ scores, in file order. E2E/JSONL: one Entry per unique source
-    (group_refs). WebNLG and DART: one per entry, with every text whatever its comment (the official refs)."""
+    (group_refs); a label run's rows, one per label (its group), whose texts score that label's prefix's output.
+    WebNLG and DART: one per entry, with every text whatever its comment (the official refs)."""
     dataset, files = split_files(data_dir, split)
     if dataset in ("e2e", "jsonl"):
-        return [Entry(source, refs, "") for source, refs in group_refs(read_pairs(data_dir, split))]
+        rows = read_rows(data_dir, split)
+        if any(row.label for row in rows):
+            return [Entry("", texts, label) for label, texts in group_refs([(r.label, r.target) for r in rows])]
+        return [Entry(source, refs, "") for source, refs in group_refs([(r.source, r.target) for r in rows])]
     return [entry for entry, _ in read_triples(files, dataset)]
 
 

@@ -67,14 +67,15 @@ def prefill(model: GPT, prompts: list[list[int]], past_kv: PastKV | None, past_m
     return out.present_kv, mask, idx, out.logits[:, -1]
 
 
-def decode_sources(data_dir: str, split: str, prompts: str, limit: int, run: dict | None, raw: bool
-            ) -> tuple[list[str], list[Entry] | None, bool]:
+def decode_sources(data_dir: str, split: str, prompts: str, limit: int, run: dict | None, raw: bool,
+                   label: str = "") -> tuple[list[str], list[Entry] | None, bool]:
     """What to decode: the distinct sources of a dataset split (with its entries, for scoring), a file's lines, or
     one empty source (a label's prefix generates from nothing: the prompt is EOS alone); and whether to put them in
     the training template. A run folder records its template, so its --prompts lines are *sources* in it, as a
-    dataset's are (a fine-tuned model ignores a bare line); a bare base model, or `raw`, continues plain text."""
+    dataset's are (a fine-tuned model ignores a bare line); a bare base model, or `raw`, continues plain text.
+    With a `label`, a label run's dataset is that label's entry alone: its output is scored against its texts."""
     if data_dir:
-        entries = read_entries(data_dir, split)[:limit or None]
+        entries = [e for e in read_entries(data_dir, split) if not label or e.group == label][:limit or None]
         return list(dict.fromkeys(e.source for e in entries)), entries, True  # each distinct source decoded once
     if not prompts:
         return [""], None, True

@@ -1,4 +1,4 @@
-"""Benchmark: our beam search (search.py, a stream of prompts) against transformers' generate(num_beams=K), side by side.
+"""Benchmark: our beam search (beam.py, a stream of prompts) against transformers' generate(num_beams=K), side by side.
 
 One process, same weights, same prompts in the same order, same torch thread count, CPU fp32. Each row prints
 output tokens/s (generated tokens of the final outputs / wall seconds) of both sides, the ratio, and how many

@@ -2,7 +2,7 @@
 
 At the gpt2 shape (random weights, built with transformers and saved in Hugging Face's layout), B=10, T=64, fp32
 on CPU, it times our prefix step against PEFT's prefix-tuning step on transformers' GPT-2, our embedding-only step
-(§7.2, embedding.py) against PEFT's prompt tuning (PEFT has no bottleneck adapter, so adapter.py has no row), and
+(§7.2, tuners/prompt.py) against PEFT's prompt tuning (PEFT has no bottleneck adapter, so tuners/adapter.py has no row), and
 our fine-tune step against transformers'; then, at the gpt2-medium shape, the peak memory of a prefix step against a
 fine step, each in its own process (peak resident set size, VmHWM). Steps alternate ours/theirs so a busy machine
 slows both.

@@ -21,17 +21,12 @@ from .rouge_cider import cider_d, rouge_l
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 TASK_METRICS = {"e2e": METRICS, "webnlg": ("BLEU", "METEOR", "TER"), "dart": ("BLEU", "METEOR", "TER"),
                 "text": ("BLEU", "ROUGE_1", "ROUGE_2", "ROUGE_L")}
-__all__ = ["EvalError", "METRICS", "TASK_METRICS", "read_outputs", "read_refs", "score", "score_files",
-           "score_files_many"]
 
 
 def score(refs: list[list[str]], outputs: list[str], meteor: Meteor | None = None,
           memo: Memo | None = None) -> dict[str, float]:
-    """BLEU, NIST, METEOR, ROUGE_L, CIDEr of outputs[i] against refs[i] (BLEU, METEOR, ROUGE_L on 0-1).
-
-    BLEU and NIST come rounded to 4 decimals, as the official script parses them from mteval's output.
-    `meteor` and `memo` may be shared (see score_files_many).
-    """
+    """BLEU, NIST, METEOR, ROUGE_L, CIDEr of outputs[i] against refs[i] (BLEU, METEOR, ROUGE_L on 0-1; BLEU and
+    NIST to 4 decimals, as bleu_nist gives them). `meteor` and `memo` may be shared (see score_files_many)."""
     check_pairs(refs, outputs)
     running = meteor or Meteor()  # its JVM loads the paraphrase table while the rest runs
     try:

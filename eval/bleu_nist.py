@@ -52,9 +52,7 @@ def ngram_info(ref_counts: list[Counter]) -> dict[tuple, float]:
 
 def closest_ref_length(ref_lengths: list[int], hyp_length: int) -> int:
     """mteval's brevity_penalty_closest folded over the reference slots: the closest length, ties to the shorter.
-
-    The first slot always takes part; later empty slots (padding, or references with no words) are skipped.
-    """
+    The first slot always takes part; later empty slots (padding, or references with no words) are skipped."""
     candidates = ref_lengths[:1] + [n for n in ref_lengths[1:] if n > 0]
     return min(candidates, key=lambda n: (abs(hyp_length - n), n))
 

@@ -28,8 +28,7 @@ N_REFS = 3  # the official reference files hold the first 3 references of each e
 
 @dataclass
 class Memo:
-    """What one call scoring several pairs computes once per distinct entry (WebNLG's all is seen + unseen):
-    METEOR's statistics per SCORE line, TER's edits per (output, reference) words. It lives for that call."""
+    """What score_files_many computes once per distinct entry: METEOR's statistics per SCORE line, TER's edits."""
     meteor: dict[str, str] = field(default_factory=dict)
     ter: dict[tuple, int] = field(default_factory=dict)
 

@@ -1,9 +1,8 @@
 """Reading references and outputs the way the official E2E scorer (measure_scores.py) reads them.
 
-References: the challenge CSV (`mr,ref`; consecutive rows with the same MR are one MR's references), or
-text with one reference a line and a blank line after each MR's group. Outputs: one line per MR, or
-beam.py's JSONL (its "text" fields). Lines are stripped; an empty output line is an empty output. Also the
-one error type of eval/.
+References: the challenge CSV (`mr,ref`; consecutive rows with the same MR are one MR's references), or text with one
+reference a line and a blank line after each MR's group. Outputs: one line per MR, or beam.py's JSONL (its "text"
+fields). Lines are stripped; an empty output line is an empty output. Also the one error type of eval/.
 """
 import csv
 import json

@@ -1,9 +1,8 @@
 """The two steps of the official E2E scorer that run Java: PTB tokenization and METEOR 1.5.
 
-Both run the jars that ship inside the pycocoevalcap package (pip install -r requirements-eval.txt), called
-the way e2e-metrics' copy of coco-caption calls them. The tokenizer is Stanford CoreNLP 3.4.1's JFlex
-lexer; its rules and Unicode tables are run, not re-implemented, so every input tokenizes as the official
-script's does. METEOR starts first: loading its paraphrase table is the slowest step of all.
+Both run the jars that ship inside the pycocoevalcap package (pip install -r requirements-eval.txt), called the
+way e2e-metrics' copy of coco-caption calls them. The tokenizer is Stanford CoreNLP 3.4.1's JFlex lexer; its rules
+and Unicode tables are run, not re-implemented, so every input tokenizes as the official script's does.
 """
 import shutil
 import subprocess
@@ -26,10 +25,8 @@ def require_java() -> None:
 
 def ptb_tokenize(groups: list[list[str]]) -> list[list[str]]:
     """Groups of sentences as coco-caption's PTBTokenizer gives them: `-preserveLines -lowerCase`, punctuation dropped.
-
-    All groups go in one stream, as coco-caption writes the references and, separately, the outputs: the
-    lexer looks across line ends (an abbreviation at the end of a line before a capital).
-    """
+    All groups go in one stream, as coco-caption writes the references and, separately, the outputs: the lexer
+    looks across line ends (an abbreviation at the end of a line before a capital)."""
     require_java()
     jar = Path(ptbtokenizer.__file__).parent / "stanford-corenlp-3.4.1.jar"
     cmd = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"]

@@ -1,10 +1,9 @@
 """BLEU exactly as Moses' multi-bleu.perl prints it, the BLEU of the WebNLG 2017 and DART official scorers.
 
-Corpus BLEU-4 on text that is already tokenized (words split on spaces): n-gram counts clipped to the most
-any one reference has, a brevity penalty on the summed closest reference lengths (ties go to the shorter
-reference; an empty reference is one of length 0), no smoothing (an order without a single match makes
-BLEU about 0: the script takes log 0 as -9999999999). Reported as the script prints it: 100 x BLEU,
-2 decimals. Used by eval.data2text.
+Corpus BLEU-4 on text that is already tokenized (words split on spaces): n-gram counts clipped to the most any one
+reference has, a brevity penalty on the summed closest reference lengths (ties go to the shorter reference; an empty
+reference is one of length 0), no smoothing (an order without a single match makes BLEU about 0: the script takes log
+0 as -9999999999). Used by eval.data2text.
 """
 import math
 from collections import Counter

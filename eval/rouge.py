@@ -3,8 +3,7 @@
 For a task of your own (python -m eval REFS OUTPUTS --task text), where no official scorer exists,
 rouge-score is the common reference. Its default tokenizer: lower-case, every run of characters other than
 a-z and 0-9 separates words. No stemming (RougeScorer's default use_stemmer=False): its Porter stemmer
-knows English only, and unstemmed scores mean the same in every language. Each output is scored against
-its best reference per metric (score_multi: the highest F-measure); the corpus score is the mean, 0-1.
+knows English only, and unstemmed scores mean the same in every language.
 """
 import re
 
@@ -27,7 +26,7 @@ def rouge_f(ref: list[str], output: list[str]) -> tuple[float, float, float]:
 
 
 def rouge(refs: list[list[str]], outputs: list[str]) -> dict[str, float]:
-    """Mean over outputs of each metric's best F-measure over the output's references."""
+    """Mean (0-1) over outputs of each metric's best F-measure over the output's references (score_multi)."""
     totals = [0.0, 0.0, 0.0]
     for group, output in zip(refs, outputs):
         words = re.findall(r"[a-z0-9]+", output.lower())

@@ -1,11 +1,10 @@
 """ROUGE-L and CIDEr-D as the coco-caption scorers inside the official E2E script compute them.
 
-Both take PTB-tokenized, lowercased, punctuation-free text (eval.java.ptb_tokenize). ROUGE-L is the
-mean over MRs of an LCS F-measure (beta 1.2) against the best reference precision and recall (Lin 2004),
-with a bit-parallel LCS (--task text's ROUGE-L shares it). CIDEr-D (Vedantam et al. 2015: a clipped tf-idf
-cosine over 1-4-grams, document frequencies from the references being scored, a Gaussian length penalty,
-times 10) is coco-caption's own code, as pycocoevalcap (pinned in requirements-eval.txt) ships it.
-Used by eval.score().
+Both take PTB-tokenized, lowercased, punctuation-free text (eval.java.ptb_tokenize). ROUGE-L is the mean over MRs of
+an LCS F-measure (beta 1.2) against the best reference precision and recall (Lin 2004), with a bit-parallel LCS
+(--task text's ROUGE-L shares it). CIDEr-D (Vedantam et al. 2015: a clipped tf-idf cosine over 1-4-grams, document
+frequencies from the references being scored, a Gaussian length penalty, times 10) is coco-caption's own code, as
+pycocoevalcap (pinned in requirements-eval.txt) ships it. Used by eval.score().
 """
 import numpy as np
 from pycocoevalcap.cider.cider import Cider

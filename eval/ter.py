@@ -1,13 +1,12 @@
 """TER exactly as tercom 0.7.25 computes it, the TER of the WebNLG 2017 and DART official scorers.
 
-TER (Snover et al. 2006) counts the edits that turn a hypothesis into its closest reference: insertions,
-deletions, substitutions and shifts of a word sequence, each costing 1. The corpus score is the summed
-edits over the summed *average* reference length, so it can exceed 1. tercom's defaults apply: case-
-insensitive, words split on spaces, a greedy search for the best shift, an edit distance pruned to a beam
-of 20, shifts of at most 10 words over at most 50. Its prunings and tie-breaks change the score, so this
-follows its algorithm step by step (sacrebleu's TER is not equal: 0.40379 vs 0.40260 on WebNLG MELBOURNE
-seen). The pairs' searches advance in lockstep, so that the edit distances of one round are computed in
-a few large numpy batches. Used by eval.data2text.
+TER (Snover et al. 2006) counts the edits that turn a hypothesis into its closest reference: insertions, deletions,
+substitutions and shifts of a word sequence, each costing 1. The corpus score is the summed edits over the summed
+*average* reference length, so it can exceed 1. tercom's defaults apply: case-insensitive, words split on spaces, a
+greedy search for the best shift, an edit distance pruned to a beam of 20, shifts of at most 10 words over at most
+50. Its prunings and tie-breaks change the score, so this follows its algorithm step by step (sacrebleu's TER is not
+equal: 0.40379 vs 0.40260 on WebNLG MELBOURNE seen). The pairs' searches advance in lockstep, so that the edit
+distances of one round are computed in a few large numpy batches. Used by eval.data2text.
 """
 from collections import defaultdict
 
@@ -21,13 +20,11 @@ Moves = list[tuple[np.ndarray, np.ndarray]]  # per table column: where an insert
 
 def edit_table(hyps: np.ndarray, refs: np.ndarray, paths: bool) -> tuple[np.ndarray, Moves]:
     """tercom's MinEditDist for N pairs at once: word ids hyps (N, H), refs (N, R), -1 padding refs.
-
     A Levenshtein table filled column by column (column j: hyp[:j]); a cell takes the diagonal move, an
     insertion only if strictly cheaper, then a deletion only if strictly cheaper. A cell of column j < H
     is expanded only within BEAM_WIDTH of the cheapest diagonal move into column j; tercom's bookkeeping
     of first and last good rows never drops a reached cell, so the beam is its only pruning. Returns the
-    last column (R+1, N) and, if asked, per column where an insertion and where a deletion won (for trace).
-    """
+    last column (R+1, N) and, if asked, per column where an insertion and where a deletion won (for trace)."""
     rows = np.arange(refs.shape[1] + 1, dtype=np.int32)[:, None]            # (R+1, 1): pairs run along axis 1
     # A padding row lies below its pair's last row, so it never feeds a real cell; moving into it
     # diagonally costs INF, so it never sets the beam either.
@@ -65,11 +62,9 @@ def trace(moves: Moves, k: int, hyp: tuple, ref: tuple) -> str:
 
 
 def edit_distances(hyps: list[tuple], refs: list[tuple], paths: bool = False) -> list:
-    """Cost (or, if asked, (cost, path)) of each pair of non-empty word-id tuples.
-
-    Pairs are batched by hypothesis length (a table's columns), with references padded to the longest of
-    the batch; batches stay under TABLE_CELLS cells.
-    """
+    """Cost (or, if asked, (cost, path)) of each pair of non-empty word-id tuples. Pairs are batched by hypothesis
+    length (a table's columns), with references padded to the longest of the batch; batches stay under TABLE_CELLS
+    cells."""
     by_length = defaultdict(list)
     for k, hyp in enumerate(hyps):
         by_length[len(hyp)].append(k)
@@ -115,10 +110,8 @@ def alignment_errors(path: str, n_hyp: int, n_ref: int) -> tuple[list[bool], lis
 
 def candidate_shifts(cur: tuple, starts: dict, path: str, n_ref: int) -> list[tuple[int, int, int]]:
     """tercom's GatherAllPossShifts: (start, end, new position) of each shift worth trying, longest first.
-
     A shift moves hyp words cur[start..end] that are not all matched to where the same words stand
-    unmatched in the reference, i.e. just after the hyp word that ref position is aligned after (-1: front).
-    """
+    unmatched in the reference, i.e. just after the hyp word that ref position is aligned after (-1: front)."""
     hyp_err, ref_err, ref_align = alignment_errors(path, len(cur), n_ref)
     shifts = [[] for _ in range(MAX_SHIFT_SIZE + 1)]
     for start in range(len(cur)):
@@ -161,10 +154,8 @@ def shifted(words: tuple, start: int, end: int, to: int) -> tuple:
 
 def pick_shift(shifts: list[tuple[int, int, int]], costs: list[int], edits: int) -> int | None:
     """tercom's CalcBestShift choice among shifts tried longest first: the index of the best, None if none gains.
-
     A shift costs 1, so the first one found that saves exactly 1 edit is taken too; tercom stops trying
-    once no shift of the current length can beat the best so far.
-    """
+    once no shift of the current length can beat the best so far."""
     best, best_cost, best_edits = None, 0, edits
     for k, ((start, end, _), new_edits) in enumerate(zip(shifts, costs)):
         fix, max_fix = edits - (best_cost + best_edits), 2 * (end - start + 1)
@@ -178,10 +169,8 @@ def pick_shift(shifts: list[tuple[int, int, int]], costs: list[int], edits: int)
 
 def shift_edits(hyps: list[tuple], refs: list[tuple]) -> list[int]:
     """Edits from each hyp to its ref (non-empty word-id tuples): tercom's greedy search, all pairs in lockstep.
-
     Each round takes, for every pair still searching, the best shift of its current words (if one helps);
-    the result is the last edit distance plus 1 per shift taken.
-    """
+    the result is the last edit distance plus 1 per shift taken."""
     starts = [ref_ngram_starts(hyp, ref) for hyp, ref in zip(hyps, refs)]
     words, edits, paths, n_shifts = list(hyps), [0] * len(hyps), [""] * len(hyps), [0] * len(hyps)
     moved = dict(enumerate(hyps))  # the pairs whose words changed (at first: all), with their new words

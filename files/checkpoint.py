@@ -11,7 +11,6 @@ read is checked before anything is allocated, and nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import fields
@@ -117,8 +116,7 @@ def read_config(folder: Path, config_class: type[C]) -> C:
 
 
 def n_params(c: object) -> int:
-    """The parameters of a GPT-2 of config `c` (model.GPTConfig), biases and LayerNorms left out: its blocks'
-    matrices (12·C² a layer), token and position embeddings."""
+    """Parameters of a GPT-2 of config `c` (model.GPTConfig) without biases and LayerNorms: 12·C² a layer, wte, wpe."""
     return c.n_layer * 12 * c.n_embd ** 2 + (c.vocab_size + c.n_positions) * c.n_embd
 
 
@@ -128,7 +126,7 @@ def weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(read_json(index)["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: unreadable shard index ({e}).") from None
         return [folder / Path(s).name for s in shards]
@@ -198,9 +196,8 @@ def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Size
 # --- writing checkpoints, and a base model's identity ------------------------------------------------------
 
 def save_pretrained(model: torch.nn.Module, folder: str | Path) -> None:
-    """Write config.json + model.safetensors in Hugging Face's layout (Conv1D weights transposed back),
-    so transformers' GPT2LMHeadModel.from_pretrained(folder) reads what we trained. `model` is a model.GPT (its
-    config a dataclass of config.json's fields)."""
+    """Write config.json + model.safetensors in Hugging Face's layout (Conv1D weights transposed back: see
+    CONV1D). `model` is a model.GPT (its config a dataclass of config.json's fields)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c = model.config
@@ -226,7 +223,7 @@ def write_safetensors(file: Path, tensors: dict[str, torch.Tensor], metadata: di
 def fingerprint(model: torch.nn.Module) -> str:
     """A cheap identity of a base model: its shape and strided samples of four weights. The samples are rounded to
     bfloat16, so a checkpoint loaded in float32 or in bfloat16 has one fingerprint. A trained prefix or a resumed
-    run records it, so neither is ever applied to other weights by mistake."""
+    run records it (files/tuned.py)."""
     c, sd = model.config, model.state_dict()
     h = hashlib.sha256(repr((c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size)).encode())
     for name in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",

@@ -48,8 +48,7 @@ class Entry(NamedTuple):
 
 
 class Row(NamedTuple):
-    """One training row. A user's JSONL may carry a label instead of a source (the CPU poster's
-    {"prefix": "positive", "text": ...}), or only text (language-model data): then source is ""."""
+    """One training row; source is "" for a labelled or a plain-text row of a user's JSONL (see jsonl_rows)."""
     source: str
     target: str
     label: str = ""
@@ -112,8 +111,7 @@ def read_text(path: Path) -> str:
 
 
 def checked_text(text: str, where: str) -> str:
-    """`text` if it can be written back as UTF-8: a lone surrogate (a JSON escape) would crash the write of the
-    outputs after decoding, so it is refused where it is read."""
+    """`text`, refused if it holds a lone surrogate (a JSON escape), which the outputs' UTF-8 write would crash on."""
     m = SURROGATE.search(text)
     if m:
         raise DataError(f"{where}: a lone surrogate {m[0]!r} at character {m.start()} (an escape like \\ud800 that "

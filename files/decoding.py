@@ -1,10 +1,9 @@
 """beam.py's files: the prompts and requests it reads, and the outputs python -m eval scores.
 
 Input files are checked line by line, so a bad one is refused naming the line, before a model is loaded. Every
-output goes through run.atomic_write: a killed decode never leaves half a file. With --data-dir, OUT holds a
-JSON row per dataset entry and OUT's .txt / .refs.txt are the system outputs and references the official scripts
-read; WebNLG's seen and unseen categories get a pair of their own. They are written as a set: the old set is
-removed first, so a decode killed midway leaves files missing (which eval refuses), never old and new mixed.
+output goes through run.atomic_write: a killed decode never leaves half a file. With --data-dir, OUT and the files
+python -m eval reads are written as a set: the old set is removed first, so a decode killed midway leaves files
+missing (which eval refuses), never old and new mixed.
     prompts = read_prompts("prompts.txt")               # one source a line
     write_results(Path("out/test.jsonl"), rows, entries)  # test.jsonl, test.txt, test.refs.txt (+ .seen, .unseen)
 """
@@ -47,7 +46,8 @@ def read_requests(path: str) -> list[tuple[str, str]]:
             row = json.loads(line)
         except (ValueError, RecursionError) as e:
             raise DataError(f"{path}, line {number}: not JSON ({e}).") from None
-        bad = [k for k in ("prefix", "source") if not (isinstance(row, dict) and isinstance(row.get(k), str) and row[k])]
+        given = row if isinstance(row, dict) else {}
+        bad = [k for k in ("prefix", "source") if not (isinstance(given.get(k), str) and given[k])]
         if bad:
             raise DataError(f"{path}, line {number}: {' and '.join(map(repr, bad))} missing or not a non-empty string;"
                             f" expected {{\"prefix\": FILE, \"source\": TEXT}}, found {line[:80]!r}.")
@@ -81,15 +81,15 @@ def write_lines(path: Path, lines: list[str]) -> None:
 
 def write_results(out: Path, rows: list[dict], entries: list[Entry] | None) -> None:
     """OUT: one JSON row per prompt. With --data-dir (`entries`) the rows follow the dataset, one per entry in file
-    order (a source several entries share repeats its row), and write_outputs adds what python -m eval scores,
-    first: OUT itself is written last, once the set is whole."""
-    of_source = {r["prompt"]: r for r in rows}
-    ordered = rows if entries is None else [of_source[e.source] for e in entries]
+    order (a source several entries share repeats its row); OUT is written last, after write_outputs' set."""
+    labelled = any("prefix" in r for r in rows)  # a label run's rows: one per label, every prompt EOS alone
+    of_source = {(r["prompt"], r.get("prefix", "")): r for r in rows}
+    ordered = rows if entries is None else [of_source[e.source, e.group if labelled else ""] for e in entries]
     if entries is not None:
         side = re.compile(rf"{re.escape(out.stem)}(\.\w+)?(\.refs)?\.txt")  # test.txt, test.seen.refs.txt, ...
         for old in [out, *(p for p in out.parent.iterdir() if side.fullmatch(p.name))]:
             old.unlink(missing_ok=True)
-        write_outputs(out, entries, {s: r["text"] for s, r in of_source.items()})
+        write_outputs(out, entries, [r["text"] for r in ordered])
     write_lines(out, [json.dumps(r, ensure_ascii=False) for r in ordered])
 
 
@@ -99,11 +99,13 @@ def refs_of(entry: Entry) -> list[str]:
     return [" ".join(ref.split("\n")) for ref in entry.refs if ref.strip()]
 
 
-def write_outputs(out: Path, entries: list[Entry], text_of: dict[str, str]) -> None:
-    """What python -m eval scores: OUT.txt (one line per entry, in file order; DART repeats a shared source's
-    output), OUT.refs.txt (an entry's references, a blank line after each); WebNLG also per seen/unseen group."""
-    groups = {"": entries} | {g: [e for e in entries if e.group == g] for g in sorted({e.group for e in entries} - {""})}
+def write_outputs(out: Path, entries: list[Entry], texts: list[str]) -> None:
+    """What python -m eval scores: OUT.txt (entry i's output `texts[i]`, in file order; DART repeats a shared
+    source's output), OUT.refs.txt (an entry's references, a blank line after each); WebNLG also per seen/unseen
+    group (a label run, per label)."""
+    pairs = list(zip(entries, texts))
+    groups = {"": pairs} | {g: [p for p in pairs if p[0].group == g] for g in sorted({e.group for e in entries} - {""})}
     for group, members in groups.items():
         name = f"{out.stem}.{group}" if group else out.stem  # test.txt, test.seen.txt, test.unseen.txt
-        write_lines(out.with_name(name + ".txt"), [text_of[e.source] for e in members])
-        write_lines(out.with_name(name + ".refs.txt"), [line for e in members for line in [*refs_of(e), ""]])
+        write_lines(out.with_name(name + ".txt"), [text for _, text in members])
+        write_lines(out.with_name(name + ".refs.txt"), [line for e, _ in members for line in [*refs_of(e), ""]])

@@ -2,11 +2,9 @@
 the project goes through.
 
 A run folder is what train.py writes and beam.py opens (Li & Liang 2021 store only the prefix per task, §4). One
-run owns one folder: args.json records its real settings once (the tuner, the base model and its fingerprint, the
-parameter counts), log.jsonl has a row per logged step, resume/ holds the checkpoint, and done.json, written
-last, says the run finished and holds each trained file's sha256. A folder that holds a run is never reused
-without --resume or --overwrite. The lock is the kernel's (flock on .lock): it dies with its process however the
-process dies (kill -9, OOM, a preempted node), so a killed run never blocks the same command run again.
+run owns one folder (its files are named below, resume/ holds the checkpoint), never reused without --resume or
+--overwrite. The lock is the kernel's (flock on .lock): it dies with its process however the process dies (kill -9,
+OOM, a preempted node), so a killed run never blocks the same command run again.
 
 Exact resume, in safetensors + JSON, never a pickle: a run continues to the same losses as if it had never
 stopped from its trainable weights, AdamW's moments, the RNG state and the step. The data order needs nothing:
@@ -34,8 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-RUN_FILE = "args.json"   # a run folder's record: its real settings, the base model and its fingerprint
-LOG_FILE = "log.jsonl"
+RUN_FILE = "args.json"   # a run's record, once: its real settings, the base model, its fingerprint, parameter counts
+LOG_FILE = "log.jsonl"   # a row per logged step
 LOCK_FILE = ".lock"      # flock'ed by the process writing the folder; it holds that pid, for the message
 DONE_FILE = "done.json"  # written last by a finished run: its trained files and their sha256
 JSON_CAP = 1 << 26       # bytes of a JSON file read at most: a link to /dev/zero must not fill memory
@@ -45,8 +43,8 @@ RUN_NAMES = (RUN_FILE, LOG_FILE, DONE_FILE, "resume", "best", "base", "loss.png"
 Params = dict[str, torch.nn.Parameter]  # trained parameters by name, in the optimizer's order
 MOMENTS = ("step", "exp_avg", "exp_avg_sq")  # AdamW's state of a parameter (train.adamw: no amsgrad)
 # Settings that may change on --resume; any other difference means another run and is refused.
-SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "device", "peak_tflops", "overwrite",
-            "out_dir", "init_from")  # a run folder may move (the base's identity is its fingerprint)
+SAME_RUN = ("resume", "log_every", "save_every", "eval_every", "compile", "pad_to", "device", "peak_tflops",
+            "overwrite", "out_dir", "init_from")  # a run folder may move (the base's identity is its fingerprint)
 
 
 class RunFolderError(Exception):
@@ -138,6 +136,8 @@ def claim(out: Path, resume: bool, overwrite: bool) -> IO:
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
+    for tmp in out.rglob(".*.tmp"):  # a writer killed mid-write (kill -9) leaves its temp file; the lock is ours
+        tmp.unlink(missing_ok=True)
     if overwrite and not resume:
         for name in [*RUN_NAMES, *(p.name for p in out.glob("*.safetensors"))]:
             path = out / name
@@ -188,8 +188,7 @@ def check_done(folder: Path, run: dict) -> None:
 
 
 def read_log(path: Path, upto: int) -> tuple[str, int]:
-    """A resumed run keeps its log up to the checkpoint; a line torn by a kill mid-write, or not JSON, is dropped
-    (and counted)."""
+    """A resumed run's log up to the checkpoint, and how many torn (killed mid-write) or non-JSON lines it dropped."""
     kept, torn = [], 0
     text = path.read_bytes().decode("utf-8", errors="replace") if path.is_file() else ""
     for line in text.split("\n"):
@@ -216,8 +215,8 @@ def val_losses(log: Path) -> list[float]:
 def save_state(folder: Path, step: int, params: Params, opt: torch.optim.Optimizer, config: dict) -> None:
     bad = [n for n, p in params.items() if not torch.isfinite(p).all()]
     if bad:  # a diverged run must not replace its last good checkpoint
-        raise RunFolderError(f"step {step}: the weights hold NaN/Inf ({bad[:3]}); not saved, the previous checkpoint in "
-                          f"{folder} is kept. Lower --lr, then continue from it with --resume.")
+        raise RunFolderError(f"step {step}: the weights hold NaN/Inf ({bad[:3]}); not saved, the previous checkpoint "
+                             f"in {folder} is kept. Lower --lr, then continue from it with --resume.")
     folder.mkdir(parents=True, exist_ok=True)
     names = list(params)
     tensors = {f"param/{n}": p.detach() for n, p in params.items()}
@@ -251,10 +250,10 @@ def read_state(folder: Path) -> dict | None:
             and isinstance(state.get("file"), str) and isinstance(state.get("config"), dict)
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{path}: unreadable ({e}). The checkpoint is damaged; start again without --resume "
-                          f"(and with --overwrite).") from None
+                             f"(and with --overwrite).") from None
     if not ok:
-        raise RunFolderError(f"{path}: expected {{'step': N >= 0, 'file': ..., 'config': {{...}}}}. The checkpoint is "
-                          f"damaged; start again without --resume (and with --overwrite).")
+        raise RunFolderError(f"{path}: expected {{'step': N >= 0, 'file': ..., 'config': {{...}}}}. The checkpoint "
+                             f"is damaged; start again without --resume (and with --overwrite).")
     return state
 
 
@@ -274,7 +273,7 @@ def load_state(folder: Path, state: dict, params: Params, opt: torch.optim.Optim
         bad += [f"opt/{n}/{kind}" for kind in MOMENTS if kind not in have] if have else []
     if bad or "rng/cpu" not in tensors:
         raise RunFolderError(f"{path}: tensors missing or of the wrong shape: {(bad or ['rng/cpu'])[:3]}. Is it from "
-                          f"this run?")
+                             f"this run?")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])

@@ -2,7 +2,7 @@
 
 A run folder carries these two files beside its weights, so it decodes offline with exactly the tokenizer it was
 trained with; without them tiktoken's cached "gpt2" (the same bytes under other names) is used.
-    tok = load_tokenizer("out/")                     # tok.encode(" name : Alimentum <|endoftext|>", allowed_special=...)
+    tok = load_tokenizer("out/")                    # tok.encode(" name : Alimentum <|endoftext|>", allowed_special=...)
     write_tokenizer_files(base_folder, "out/")       # copy them beside a trained model
 """
 from __future__ import annotations
@@ -60,8 +60,7 @@ def load_tokenizer(folder: str | Path | None = None) -> tiktoken.Encoding:
 
 
 def write_tokenizer_files(src: Path | None, dst: Path) -> bool:
-    """vocab.json + merges.txt beside a model: copied from the base, else tiktoken's cached GPT-2 files (the same
-    bytes under other names). False when neither exists; the model then loads with tiktoken's gpt2."""
+    """vocab.json + merges.txt beside a model, from the base or else tiktoken's cache; False when neither has them."""
     for name, (remote, sha) in GPT2_FILES.items():
         have = src is not None and (src / name).is_file()
         try:

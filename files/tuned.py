@@ -3,16 +3,14 @@
 Every light tuner stores only what it trained, in one safetensors file whose metadata names its shape and the base
 model's fingerprint: weights tied to a base are never applied to other weights by mistake. The prefix
 (prefix.safetensors: its (L, 2, H, P, D) keys/values), the adapter, the embedding-only prefix and the infix all use
-this one format and its one error, CheckpointError. Stored in float32; read back in the base's dtype and device.
-PEFT's adapter folders (adapter_config.json + adapter_model.safetensors, a (P, width) `prompt_embeddings`) are
-read and written here too, for its PREFIX_TUNING and PROMPT_TUNING types.
+this one format and its one error, CheckpointError. PEFT's adapter folders (adapter_config.json +
+adapter_model.safetensors) are read and written here too, for its PREFIX_TUNING and PROMPT_TUNING types.
     write(out / "adapter.safetensors", tensors, model, {"adapter_size": 6})
     meta, tensors = read(out / "adapter.safetensors", model, lambda meta: {"h.0.ln.weight": (C,), ...})
     cfg, flat = read_peft(folder, "PREFIX_TUNING", width=lambda cfg: 2 * L * C)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from files.checkpoint import CheckpointError, fingerprint, write_safetensors
-from files.run import atomic_write, read_json
+from files.run import read_json, write_json
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 Shapes = Callable[[dict[str, str]], dict[str, tuple[int, ...]]]  # the file's metadata -> each tensor's shape
@@ -84,14 +82,13 @@ def whole(fields: dict, key: str, source: Path) -> int:
 # --- PEFT's adapter folders --------------------------------------------------------------------------------------
 
 def write_peft(folder: str | Path, config: dict, embeddings: torch.Tensor) -> None:
-    """An adapter folder PeftModel.from_pretrained(GPT2LMHeadModel..., folder) loads: `config` (peft_type and its
-    fields) and the (P, width) `prompt_embeddings`."""
+    """A folder PeftModel.from_pretrained(GPT2LMHeadModel..., folder) loads: `config` and `prompt_embeddings`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"prompt_embeddings": embeddings.detach().float().cpu().contiguous()}
     write_safetensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
     cfg = {"task_type": "CAUSAL_LM", "num_transformer_submodules": 1, "inference_mode": True, **config}
-    atomic_write(folder / PEFT_CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+    write_json(folder / PEFT_CONFIG, cfg)
 
 
 def read_peft(folder: str | Path, peft_type: str, width: Callable[[dict], int]) -> tuple[dict, torch.Tensor]:

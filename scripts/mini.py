@@ -226,7 +226,7 @@ def eta_s(a: argparse.Namespace, todo_bases: list[str], todo: list[dict], flops:
         forward = flops_per_token(cfg[b], TEXT_TOKENS, False) / 2
         total += (a.base_steps * 16 * 3 + a.base_steps // a.base_eval * a.base_valid) * TEXT_TOKENS * forward
     for j in todo:
-        learn = j["tuner"] == "fine"  # the others backpropagate to activations, and to few weights (tuner.py)
+        learn = j["tuner"] == "fine"  # the others backpropagate to activations, and to few weights (tuners/)
         total += a.steps * BATCH * E2E_TOKENS * flops_per_token(cfg[j["base"]], E2E_TOKENS, learn)
         forward = flops_per_token(cfg[j["base"]], E2E_TOKENS, False) / 2
         total += (a.limit or 630) * a.beams * E2E_TOKENS * DECODE_FACTOR * forward

@@ -141,7 +141,7 @@ def paper_rows(task: Task, paper: dict) -> str:
 
 def webnlg_slice(data_dir: Path, dst: Path, n: int) -> Path:
     """The first n seen and the first n unseen entries of WebNLG's test XML (the file lists all seen ones first)."""
-    from datafiles import WEBNLG_TEST, WEBNLG_UNSEEN
+    from files.datasets import WEBNLG_TEST, WEBNLG_UNSEEN
     tree = ET.parse(data_dir / WEBNLG_TEST)
     entries = tree.getroot().find("entries")
     seen = [e for e in entries if e.get("category") not in WEBNLG_UNSEEN][:n]

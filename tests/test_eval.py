@@ -50,11 +50,13 @@ def case_scores() -> dict[int, dict[str, float]]:
     return {i: score_files(CASES / c["refs"], CASES / c["outputs"]) for i, c in enumerate(EXPECTED)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(EXPECTED)), ids=[c["outputs"] for c in EXPECTED])
 def test_equals_official_scorer(case_scores, i):
     assert_official(case_scores[i], EXPECTED[i]["scores"])
 
 
+@pytest.mark.slow
 def test_tricky_text_and_empty_output():
     refs = read_refs(CASES / "example-refs.txt")
     outputs = read_outputs(CASES / "example-baseline-output.txt")

@@ -62,6 +62,7 @@ def test_webnlg_rewriting_equals_official_files(webnlg, system):
         assert [normalize(g[j], "webnlg", reference=True) if j < len(g) else "" for g in refs] == official
 
 
+@pytest.mark.slow
 def test_webnlg_equals_official_scores(webnlg, meteor):
     """Both systems, seen (S), unseen (U) and all (A): BLEU as printed, METEOR and TER to 4 decimals."""
     refs, categories, outputs = webnlg
@@ -83,6 +84,7 @@ def test_dart_references_from_xml_equal_official_files():
         assert [normalize(g[j], "dart", reference=True) if j < len(g) else "" for g in refs] == official
 
 
+@pytest.mark.slow
 def test_dart_equals_official_scores(meteor):
     """Case 1 from the raw test XML and the raw outputs; case 2's references (2020) exist only in their
     cased, tokenized official form, which --task dart would lower-case: its scorers are checked on the
@@ -104,6 +106,7 @@ def test_dart_equals_official_scores(meteor):
 # --- the command line, and inputs eval refuses
 
 
+@pytest.mark.slow
 def test_cli_task_webnlg(tmp_path, webnlg, meteor, capsys):
     refs, _, outputs = webnlg
     (tmp_path / "refs.txt").write_text("".join(line + "\n" for g in refs[:40] for line in [*g, ""]))

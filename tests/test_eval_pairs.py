@@ -7,6 +7,8 @@ byte for byte. One pair prints exactly what it always has. METEOR needs Java; wi
 """
 import json
 
+import pytest
+
 from eval.__main__ import main
 from test_eval_data2text import SHARED, UNSEEN, WEBNLG, lines, xml_refs
 
@@ -19,6 +21,7 @@ def printed(argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_webnlg_seen_unseen_all_in_one_call(tmp_path, capsys):
     """S, U, then A (= S + U, every METEOR statistic and TER from the memo) of one system, as beam.py writes them."""
     refs, categories = xml_refs(SHARED / "data" / "webnlg" / "test" / "testdata_with_lex.xml")
@@ -37,12 +40,14 @@ def test_webnlg_seen_unseen_all_in_one_call(tmp_path, capsys):
     assert [sorted(json.loads(line)) for line in together.splitlines()] == [["BLEU", "METEOR", "TER"]] * 3
 
 
+@pytest.mark.slow
 def test_e2e_pairs_in_one_call(capsys):
     """E2E shares its METEOR too: the same pair twice (the second from the memo) scores as one call does."""
     pair = [str(CASES / "example-refs.txt"), str(CASES / "example-baseline-output.txt")]
     assert printed([*pair, *pair, "--json"], capsys) == printed([*pair, "--json"], capsys) * 2
 
 
+@pytest.mark.slow
 def test_one_pair_prints_as_before(tmp_path, capsys):
     """The one-pair output is a contract: these bytes were printed before several pairs existed."""
     refs, _ = xml_refs(SHARED / "data" / "webnlg" / "test" / "testdata_with_lex.xml")

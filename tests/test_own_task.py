@@ -13,6 +13,7 @@ import prefix
 import train
 from conftest import TINY, make_checkpoint
 from data import IGNORE, example_ids, read_rows
+from eval.__main__ import main as score
 from model import GPT, GPTConfig
 from files.tokenizer import load_tokenizer
 
@@ -74,6 +75,17 @@ def test_label_prefixes_train_decode_and_mix(tiny_ckpt, reviews, tmp_path, capsy
     (tmp_path / "p.txt").write_text("The food\n")
     with pytest.raises(SystemExit, match="pass --label"):  # a label run has no one prefix to decode with
         beam.main([*flags, "--prompts", str(tmp_path / "p.txt")])
+    dev = [json.loads(line) for line in (reviews / "dev.jsonl").read_text().splitlines()]
+    out_file = tmp_path / "dev.jsonl"  # the README's route: each label's output, scored against its own texts
+    beam.main([*flags, "--data-dir", str(reviews), "--split", "dev", "--out", str(out_file)])
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [row["prefix"] for row in rows] == ["positive", "negative"]  # the label each output was made with
+    assert rows[0]["text"].replace("\n", " ") + "\n" == alone  # positive's output is --label positive's
+    refs = "".join("".join(row["text"] + "\n" for row in dev if row["prefix"] == label) + "\n"
+                   for label in ("positive", "negative"))
+    assert (tmp_path / "dev.refs.txt").read_text() == refs
+    assert (tmp_path / "dev.txt").read_text().splitlines() == [row["text"] for row in rows]
+    assert score([str(tmp_path / "dev.refs.txt"), str(tmp_path / "dev.txt"), "--task", "text"]) == 0
 
 
 def test_rows_of_a_batch_take_their_labels_prefix(tiny_ckpt, reviews):

@@ -1,4 +1,4 @@
-"""prefix.py (and past.py, prefix_files.py behind it) against PEFT's prefix tuning, the model's own KV, bad input.
+"""prefix.py (its file format is files/tuned.py's) against PEFT's prefix tuning, the model's own KV, bad input.
 
 PEFT is the reference for the layout (flat L0-key, L0-value, L1-key, ...) and for the positions: its forward
 prepends ones to the attention mask and lets GPT-2 place the tokens at P.., offsetting any position_ids by P.

@@ -1,4 +1,4 @@
-"""sample.py against transformers' generate(do_sample=True) on test_beam.py's sharp random checkpoint.
+"""generate.py's sampling against transformers' generate(do_sample=True) on test_beam.py's sharp random checkpoint.
 
 Two proofs: the filtered distribution equals the one transformers' own `_get_logits_processor` list makes from
 the same logits (ties and edge values included), and with the same seed the sampled tokens equal generate's on a

@@ -1,4 +1,4 @@
-"""search.py's stream (continuous batching) against transformers' generate(num_beams=K) on each prompt alone.
+"""beam.py's stream (continuous batching) against transformers' generate(num_beams=K) on each prompt alone.
 
 A few prompts at a time share the batch and a finished prompt's rows go to the next one, so a prompt decodes
 beside others that joined earlier or later, at other columns of the preallocated cache: its output must still be

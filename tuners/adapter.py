@@ -4,8 +4,7 @@ GPT-2 stays frozen; after every block a small bottleneck learns, x + up(ReLU(dow
 by --adapter-size. Placement and parts are the authors' `--adapter_design 1` (their transformers fork,
 modeling_gpt2_adapter.py): one adapter per block, on the block's output after the MLP's residual add, with its own
 LayerNorm. That is 2·C·b + b + 3·C parameters a layer: the paper's 3% and 0.1% of GPT-2 Medium (354.8M) are
---adapter-size 215 (3.00%) and 6 (0.10%). model.py knows nothing of adapters: each hangs on its block from outside,
-as a submodule `block.adapter` applied by a forward hook to the block's output.
+--adapter-size 215 (3.00%) and 6 (0.10%). model.py knows nothing of adapters (see attach).
     python train.py --tuner adapter --adapter-size 6 --out-dir out/adapter     # out/adapter.safetensors
 """
 from __future__ import annotations
@@ -32,12 +31,10 @@ class AdapterConfig:
 
 
 class Adapter(nn.Module):
-    """One bottleneck, (B, T, C) -> (B, T, C).
-
-    Init: the authors' adapters get transformers' init (Linear N(0, 0.02), zero bias), so their step 0 is already
-    off the base. We keep that for `down` but zero `up`, as Houlsby et al. 2019 start near the identity: step 0 is
-    exactly the frozen GPT-2, and `up` gets a gradient at once (`down`'s follows after one step).
-    """
+    """One bottleneck, (B, T, C) -> (B, T, C). Init: the authors' adapters get transformers' init (Linear N(0, 0.02),
+    zero bias), so their step 0 is already off the base. We keep that for `down` but zero `up`, as Houlsby et al.
+    2019 start near the identity: step 0 is exactly the frozen GPT-2, and `up` gets a gradient at once (`down`'s
+    follows after one step)."""
 
     def __init__(self, config: GPTConfig, size: int):
         super().__init__()
@@ -75,7 +72,7 @@ def shapes(config: GPTConfig, size: int) -> dict[str, tuple[int, ...]]:
     return {f"h.{i}.{k}": s for i in range(config.n_layer) for k, s in one.items()}
 
 
-# --- adapter-tuning as train.py and beam.py see it (tuners/__init__.py says what a tuner is) -------------------------------
+# --- adapter-tuning as train.py and beam.py see it (tuners/__init__.py says what a tuner is) ------------------------
 
 class AdapterTuner(nn.Module):
     """GPT-2 frozen, one adapter per block learns. The authors train adapters with transformers' Trainer, as

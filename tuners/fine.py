@@ -1,7 +1,6 @@
 """Fine-tuning, the paper's FT baseline, and FT-top2 (Li & Liang 2021, §6 "Main Results"): the weights of GPT-2 learn.
 
-Fine-tuning trains every weight with GPT-2's dropout on (RECIPE.md §3); FT-top2 only the top two blocks. Either run
-folder is itself a Hugging Face checkpoint (config.json + model.safetensors), which beam.py loads as the base.
+Either run folder is itself a Hugging Face checkpoint (config.json + model.safetensors), loaded by beam.py as the base.
     python train.py --tuner fine --out-dir out/fine          # out/fine/model.safetensors
 """
 from __future__ import annotations

@@ -56,11 +56,10 @@ class InfixDecoder(GPT):
     """The base model, as beam.py's search calls it, with the infix placed per prompt. open() hands the search a
     placeholder past of P slots, so its key masks count the infix's P positions; when a prompt is read (a call whose
     past is just those P slots), its last token is the separator and the tokens before it the source: the infix's
-    past is made from them, and the separator runs after it. Every later call is the base model's own forward.
-    It is the base itself (its modules, shared, not copied), so it has the base's state_dict and fingerprint."""
+    past is made from them, and the separator runs after it. Every later call is the base model's own forward."""
 
     def __init__(self, base: GPT, embeds: torch.Tensor, added: torch.Tensor):
-        nn.Module.__init__(self)  # not GPT.__init__: the modules are the base's, not new ones
+        nn.Module.__init__(self)  # not GPT.__init__: the base's own modules, so its state_dict and fingerprint
         self.config, self.transformer, self.lm_head = base.config, base.transformer, base.lm_head
         self.register_buffer("embeds", embeds)   # (P, C) the infix's input embeddings
         self.register_buffer("added", added)     # (P, 2·L·C) added to their keys/values
@@ -98,7 +97,7 @@ class InfixTuner(FrozenBase):
     @classmethod
     def build(cls, model: GPT, tok: tiktoken.Encoding, cfg: PrefixConfig, labels: list[str] = ()) -> InfixTuner:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)  # the prefix draws from `seed`; wte2 is PyTorch's default N(0, 1), as theirs
+            torch.manual_seed(cfg.seed + 1)  # the prefix draws from `seed`; wte2: PyTorch's default N(0, 1), as theirs
             embeds = nn.Embedding(cfg.prefix_len, model.config.n_embd)
         device = model.lm_head.weight.device
         prefix = Prefix(model.config, cfg.prefix_len, cfg.prefix_param, cfg.prefix_mid, seed=cfg.seed)

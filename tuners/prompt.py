@@ -4,8 +4,7 @@ Prefix-tuning trains the keys/values of every layer; here only the P virtual tok
 enter GPT-2 like words, at positions 0..P-1, and the text follows at P.. (PEFT's PROMPT_TUNING does the same by
 concatenating them to the input embeddings). Because GPT-2 is causal, the virtual tokens never see the text, so we
 run them through the frozen model once per step, with use_cache=True, and their keys/values are a past like a
-prefix's: a batch-1 pass of P tokens instead of P more tokens in every row. After training the embeddings are
-turned into that past once, so beam.py decodes them as it decodes a prefix.
+prefix's: a batch-1 pass of P tokens instead of P more tokens in every row (beam.py decodes that past as a prefix).
 The authors' code (train_control.py `PrefixEmbTuning`, `--prefix_mode embedding`) reparameterizes the embeddings
 by an MLP by default (`--parametrize_emb MLP`): P′ (P, C) -> Linear(C, M) -> Tanh -> Linear(M, C); "direct"
 (their `Emb`) trains the (P, C) embeddings themselves, as PEFT does.
@@ -48,9 +47,8 @@ class PromptEmbedding(nn.Module):
 
 
 def embedding_past(model: GPT, embeds: torch.Tensor) -> PastKV:
-    """(P, C) input embeddings -> their keys/values in every layer, per layer (1, H, P, D): the virtual tokens run
-    through the model at positions 0..P-1 (no past), so tokens given this past sit at P.., as after PEFT's
-    concatenation. The idx passed alongside is only a shape: `embeds` replaces wte(idx)."""
+    """(P, C) input embeddings, run at positions 0..P-1 (no past) -> their keys/values, per layer (1, H, P, D). The idx
+    passed alongside is only a shape: `embeds` replaces wte(idx)."""
     w = model.lm_head.weight
     idx = torch.zeros(1, embeds.size(0), dtype=torch.long, device=w.device)                     # (1, P)
     return model(idx, embeds=embeds[None].to(w.dtype), use_cache=True, last_only=True).present_kv
@@ -68,8 +66,7 @@ def save_peft(embeds: torch.Tensor, model: GPT, folder: str | Path, base_model_n
 
 
 def load_peft(folder: str | Path, model: GPT) -> torch.Tensor:
-    """A PEFT prompt-tuning folder for GPT-2 -> its (P, C) embeddings, in the model's dtype and device. PEFT names
-    its base only by hub name, so only the shape is checked."""
+    """A PEFT prompt-tuning folder -> its (P, C) embeddings, in the model's dtype and device (see read_peft)."""
     _, embeds = read_peft(folder, "PROMPT_TUNING", lambda cfg: model.config.n_embd)
     w = model.lm_head.weight
     return embeds.to(w.device, w.dtype)
@@ -117,7 +114,7 @@ class EmbeddingTuner(FrozenBase):
     def open(folder: Path, base: GPT, allow_other_base: bool = False) -> tuple[GPT, PastKV]:
         """For decoding: the base, and the embeddings' keys/values as its past (computed once)."""
         file = folder / EMBEDDING_FILE
-        _, tensors = read(file, base, lambda m: {"prompt_embeddings": (whole(m, "prefix_len", file), base.config.n_embd)},
-                          allow_other_base)
+        _, tensors = read(file, base, lambda m: {"prompt_embeddings": (whole(m, "prefix_len", file),
+                                                                      base.config.n_embd)}, allow_other_base)
         with torch.no_grad():
             return base.eval(), embedding_past(base.eval(), tensors["prompt_embeddings"])
