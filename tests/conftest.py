@@ -4,6 +4,7 @@ No pretrained weights can be downloaded here, so every reference comparison buil
 `transformers` (`GPT2LMHeadModel(config).save_pretrained(dir)`: the hub's own file layout) and copies
 GPT-2's real BPE files beside it.
 """
+import json
 import os
 import shutil
 import sys
@@ -40,6 +41,33 @@ def make_checkpoint(folder: Path, seed: int = 0, initializer_range: float = 0.02
     shutil.copy(SHARED / "tokenizer" / "gpt2" / "encoder.json", folder / "vocab.json")
     shutil.copy(SHARED / "tokenizer" / "gpt2" / "vocab.bpe", folder / "merges.txt")
     return folder
+
+
+def place_rows(folder: Path, n: int) -> Path:
+    """A tiny own task in `folder`: train.jsonl of n {"source", "target"} rows in E2E's style, and prompts.txt."""
+    rows = [{"source": f"name : Place{i} | food : Thai", "target": f"Place{i} serves Thai food."} for i in range(n)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "prompts.txt").write_text("name : Alimentum\n")
+    return folder
+
+
+def beam_refused(args: list[str], match: str) -> str:
+    """beam.main must end in its one-line error naming `match`."""
+    import beam
+    with pytest.raises(SystemExit) as e:
+        beam.main(args)
+    message = str(e.value.code)
+    assert message.startswith("beam.py: error:") and match in message and "\n" not in message, message
+    return message
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """The loss plot costs seconds a run; the tests that use this look at none."""
+    import cli
+    import train
+    for module in (cli, train):
+        monkeypatch.setattr(module, "line_plot", lambda *a, **k: True)
 
 
 @pytest.fixture(scope="session")

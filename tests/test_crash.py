@@ -17,7 +17,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, place_rows
 
 KILLS = 5  # per tuner
 LOGGED = ("step", "loss", "tok_loss", "lr")  # a row's timings differ between runs; everything else must not
@@ -40,10 +40,7 @@ def trained(out) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rows = [{"source": f"name : Place{i} | food : Thai", "target": f"Place{i} serves Thai food."} for i in range(16)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    return place_rows(tmp_path_factory.mktemp("data"), 16)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ import beam
 import cli
 import files.checkpoint
 import train
-from conftest import ROOT
+from conftest import ROOT, beam_refused, place_rows
 from files import tuned
 from files.checkpoint import CheckpointError, save_pretrained
 from files.datasets import DataError, jsonl_rows, read_text
@@ -40,19 +40,13 @@ from model import GPT
 from prefix import PrefixError
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):  # the loss plot costs seconds a run, and no test here looks at it
-    for module in (cli, train):
-        monkeypatch.setattr(module, "line_plot", lambda *a, **k: True)
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rows = [{"source": f"name : Place{i} | food : Thai", "target": f"Place{i} serves Thai food."} for i in range(8)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    (folder / "prompts.txt").write_text("name : Alimentum\n")
+    folder = place_rows(tmp_path_factory.mktemp("data"), 8)
+    (folder / "valid.jsonl").write_text("".join((folder / "train.jsonl").read_text().splitlines(keepends=True)[:2]))
     return folder
 
 
@@ -66,15 +60,6 @@ def argv(out, data_dir, *extra) -> list[str]:
 def decode_args(run, data_dir, tmp_path) -> list[str]:
     return ["--ckpt", str(run), "--prompts", str(data_dir / "prompts.txt"), "--beams", "1", "--max-new-tokens", "1",
             "--out", str(tmp_path / "o.jsonl")]
-
-
-def beam_refused(args: list[str], match: str) -> str:
-    """beam.main must end in its one-line error naming `match`."""
-    with pytest.raises(SystemExit) as e:
-        beam.main(args)
-    message = str(e.value.code)
-    assert message.startswith("beam.py: error:") and match in message and "\n" not in message, message
-    return message
 
 
 def steps(out) -> list[int]:

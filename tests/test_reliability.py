@@ -21,33 +21,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import beam
-import prefix
-import cli
 import files.run as runfolder
+import prefix
 import train
 import tuners
-from files.checkpoint import CheckpointError
-from model import GPT
+from conftest import beam_refused, place_rows
 from data import DataError
-from files.run import RunFolderError as ResumeError
+from files.checkpoint import CheckpointError
 from files.run import RunFolderError
+from model import GPT
 
-HANDLED = (train.TrainError, DataError, CheckpointError, ResumeError, RunFolderError, prefix.PrefixError)
+HANDLED = (train.TrainError, DataError, CheckpointError, RunFolderError, prefix.PrefixError)
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):  # the loss plot costs seconds a run, and no test here looks at it
-    for module in (cli, train):
-        monkeypatch.setattr(module, "line_plot", lambda *a, **k: True)
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rows = [{"source": f"name : Place{i} | food : Thai", "target": f"Place{i} serves Thai food."} for i in range(16)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "prompts.txt").write_text("name : Alimentum\n")
-    return folder
+    return place_rows(tmp_path_factory.mktemp("data"), 16)
 
 
 def argv(ckpt, out, data_dir, *extra) -> list[str]:
@@ -62,14 +54,6 @@ def refused(args: list[str], match: str) -> str:
         train.main(args)
     assert "\n" not in str(e.value)
     return str(e.value)
-
-
-def beam_refused(args: list[str], match: str) -> str:
-    with pytest.raises(SystemExit) as e:
-        beam.main(args)
-    message = str(e.value.code)
-    assert message.startswith("beam.py: error:") and match in message and "\n" not in message, message
-    return message
 
 
 def losses(out) -> list[float]:

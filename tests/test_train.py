@@ -19,7 +19,7 @@ import prefix
 import train
 from conftest import E2E_DIR, ROOT
 from data import DataError
-from files.run import RunFolderError as ResumeError
+from files.run import RunFolderError
 from model import GPT
 
 
@@ -73,7 +73,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tiny_ckpt, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in output, output  # not finished
     stopped = json.loads((cut / "resume" / "state.json").read_text())["step"]
     assert 3 <= stopped < 14
-    with pytest.raises(ResumeError, match="--lr 0.01"):  # another schedule: refused
+    with pytest.raises(RunFolderError, match="--lr 0.01"):  # another schedule: refused
         train.main(args(tiny_ckpt, cut, *steps[:-1], "2e-2", "--resume"))
     train.main(args(tiny_ckpt, cut, *steps, "--resume"))
     whole, resumed = log_rows(tmp_path / "whole"), log_rows(cut)
