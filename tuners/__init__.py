@@ -31,7 +31,7 @@ from tuners.prompt import EmbeddingTuner
 
 class Tuner(Protocol):
     """What train.py and beam.py use of a tuner; every class in TUNERS (and InfixTuner) has exactly this."""
-    name: ClassVar[str]                 # the --tuner value, recorded in args.json
+    name: ClassVar[str]                 # its name: the --tuner value ("infix" is --tuner prefix --infix)
     weights_learn: ClassVar[bool]       # the base's weights get gradients (FLOPs of the backward pass, for MFU)
     per_sequence_loss: ClassVar[bool]   # the recipe's objective: NLL summed per sequence, or a token mean
     Config: ClassVar[type]              # its settings, a dataclass of train.py flags with the same names
