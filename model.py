@@ -226,7 +226,7 @@ class GPT(nn.Module):
         write_at: past_kv are preallocated (B, H, W, D), filled up to this column (P = write_at); T more are written.
         A tensor (1,) instead: T = 1, attention_mask (B, W), 1 = a key the new token sees (its own column too)."""
         B, T = idx.shape
-        P = write_at if write_at is not None else 0 if past_kv is None else past_kv[0][0].size(2)
+        P = write_at if write_at is not None else past_len(past_kv)
         if isinstance(write_at, torch.Tensor):
             pos = attention_mask.sum(-1, keepdim=True) - 1                      # (B, 1) real keys before it
             attn_mask = attention_mask.bool()[:, None, None, :]                 # (B, 1, 1, W)

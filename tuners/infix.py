@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from files.tuned import read, whole, write
-from model import IGNORE, GPT, GPTOutput, PastKV, param_counts
+from model import IGNORE, GPT, GPTOutput, PastKV, param_counts, past_len
 from prefix import FrozenBase, Prefix, PrefixConfig, flatten, freeze, unflatten
 
 INFIX_FILE = "infix.safetensors"
@@ -67,7 +67,7 @@ class InfixDecoder(GPT):
     def forward(self, idx: torch.Tensor, past_kv: PastKV | None = None, attention_mask: torch.Tensor | None = None,
                 **kw: object) -> GPTOutput:
         P = self.embeds.size(0)
-        if past_kv is None or past_kv[0][0].size(2) != P or kw.get("write_at") is not None:
+        if past_kv is None or past_len(past_kv) != P or kw.get("write_at") is not None:
             return super().forward(idx, past_kv=past_kv, attention_mask=attention_mask, **kw)
         mask = attention_mask if attention_mask is not None else idx.new_ones(idx.size(0), P + idx.size(1))
         added = unflatten(self.added, self.config.n_layer, self.config.n_head)
